@@ -1,0 +1,3 @@
+from blockgate.cli import main
+
+raise SystemExit(main())

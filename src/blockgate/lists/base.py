@@ -1,0 +1,172 @@
+"""What every list parser produces: rules in columns, where they came from, located issues.
+
+A registry dump holds hundreds of thousands of names; one Python object per rule would cost
+more than the name itself. So a parsed list is columnar: the key ``bytes`` (shared later with
+the matcher), one flag byte per rule, and one ``ref`` per rule that points at its origin (a
+line, or a registry record with its decision).
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final
+
+from blockgate.policy import Action
+from blockgate.trie import ACTION_SHIFT, ALLOW, KIND_MASK, Kind
+
+# Located issues kept for ``--issues``; beyond this they are only counted (a broken 1M-line
+# file must not turn into a million objects).
+MAX_KEPT_ISSUES: Final = 100_000
+# Offending text kept per issue.
+MAX_ISSUE_TEXT: Final = 160
+
+
+def make_flags(kind: int, allow: bool = False, action: Action | None = None) -> int:
+    return kind | (ALLOW if allow else 0) | ((int(action) if action else 0) << ACTION_SHIFT)
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One file handed to a parser: a display name (for locations) and an open binary stream."""
+
+    name: str
+    stream: BinaryIO
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    where: str
+    reason: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}: {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The legal basis a registry gives for a record."""
+
+    number: str
+    date: str
+    authority: str
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.authority, self.number, self.date) if p]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    where: str
+    record_id: int | None = None
+    decision: Decision | None = None
+
+
+@dataclass(slots=True)
+class ParsedList:
+    """Rules of one source, in columns, plus what was seen while reading it.
+
+    ``refs[i]`` is a global line number (lines of all files numbered on, see ``file_starts``)
+    or, when ``records`` is used, an index into the record columns.
+    """
+
+    fmt: str
+    keys: list[bytes] = field(default_factory=list)
+    flags: bytearray = field(default_factory=bytearray)
+    refs: array[int] = field(default_factory=lambda: array("I"))
+    payloads: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)
+    issue_counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+    files: list[str] = field(default_factory=list)
+    file_starts: list[int] = field(default_factory=list)
+    units: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+    # Registry records: the line (global numbering) or registry id, and the decision index.
+    records: bool = False
+    rec_line: array[int] = field(default_factory=lambda: array("I"))
+    rec_id: array[int] = field(default_factory=lambda: array("I"))
+    rec_decision: array[int] = field(default_factory=lambda: array("i"))
+    decisions: list[Decision] = field(default_factory=list)
+    _decision_index: dict[Decision, int] = field(default_factory=dict)
+
+    _line_base: int = 0
+
+    # -- building (parsers) ---------------------------------------------------------------
+    def begin_file(self, name: str) -> int:
+        """Start a new file; returns the base to add to its 1-based line numbers."""
+        self.files.append(name)
+        self.file_starts.append(self._line_base)
+        return self._line_base
+
+    def end_file(self, lines: int) -> None:
+        self._line_base += lines
+
+    def add(self, key: bytes, flags: int, ref: int) -> None:
+        self.keys.append(key)
+        self.flags.append(flags)
+        self.refs.append(ref)
+
+    def issue(self, where: str, reason: str, text: str) -> None:
+        self.issue_counts[reason] += 1
+        if len(self.issues) < MAX_KEPT_ISSUES:
+            self.issues.append(Issue(where, reason, text[:MAX_ISSUE_TEXT]))
+
+    def decision(self, number: str, date: str, authority: str) -> int:
+        d = Decision(number, date, authority)
+        idx = self._decision_index.get(d)
+        if idx is None:
+            idx = self._decision_index[d] = len(self.decisions)
+            self.decisions.append(d)
+        return idx
+
+    def record(self, line: int, record_id: int, decision: int) -> int:
+        self.records = True
+        self.rec_line.append(line)
+        self.rec_id.append(record_id)
+        self.rec_decision.append(decision)
+        return len(self.rec_line) - 1
+
+    # -- reading (compiler, CLI) ----------------------------------------------------------
+    def where(self, global_line: int) -> str:
+        """``file:line`` for a global line number."""
+        if not self.files:
+            return f"line {global_line}"
+        i = bisect.bisect_right(self.file_starts, global_line - 1) - 1
+        i = max(i, 0)
+        return f"{self.files[i]}:{global_line - self.file_starts[i]}"
+
+    def origin(self, ref: int) -> Origin:
+        if not self.records:
+            return Origin(self.where(ref))
+        rid = self.rec_id[ref]
+        d = self.rec_decision[ref]
+        return Origin(
+            self.where(self.rec_line[ref]),
+            rid or None,
+            self.decisions[d] if d >= 0 else None,
+        )
+
+    def kind_counts(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for f, n in Counter(self.flags).items():
+            name = Kind(f & KIND_MASK).name.lower()
+            out[f"{'allow' if f & ALLOW else 'block'}-{name}"] += n
+        return out
+
+    def release(self) -> None:
+        """Drop the rule columns once compiled; origins and local data stay answerable."""
+        self.keys = []
+        self.flags = bytearray()
+        self.refs = array("I")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def iter_rules(self) -> Iterator[tuple[bytes, int, int]]:
+        return zip(self.keys, self.flags, self.refs, strict=True)

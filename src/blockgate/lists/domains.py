@@ -1,0 +1,88 @@
+"""[domains]: one name per line, ``#`` comments.
+
+``x`` blocks exactly ``x``; ``*.x`` blocks the names strictly below ``x`` (WILDCARD), the
+convention of RPZ and of the bench kit's lists. Option ``scope: subtree`` makes a plain ``x``
+block ``x`` and everything below it, as most hand-written lists intend.
+
+This is the format of the largest lists, so clean lines are taken a block at a time with
+C-level passes (``lists.text.unusual_lines`` says which lines need a closer look).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import compress
+from operator import and_, itemgetter
+from typing import Final
+
+from blockgate.domain import list_key
+from blockgate.errors import DomainError
+from blockgate.lists.base import Input, ParsedList, make_flags
+from blockgate.lists.text import blocks, decode_line, unusual_lines
+from blockgate.trie import Kind
+
+OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
+
+_STAR_MASK: Final = bytes(1 if b == 42 else 0 for b in range(256))  # first byte "*"
+_PLAIN_MASK: Final = bytes(0 if b == 42 else 1 for b in range(256))
+_first = itemgetter(0)
+
+
+def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> ParsedList:
+    """Parse plain domain lists. raises only ListFormatError; anything else is a bug."""
+    opts = options or {}
+    plain = make_flags(Kind.SUBTREE if opts.get("scope") == "subtree" else Kind.EXACT)
+    star = make_flags(Kind.WILDCARD)
+    out = ParsedList("domains")
+    for inp in inputs:
+        base = out.begin_file(inp.name)
+        first = base + 1  # global number of the block's first line
+        for lines in blocks(inp.stream):
+            odd = unusual_lines(lines)
+            clean = bytearray(b"\x01") * len(lines)
+            for i in sorted(odd):
+                clean[i] = 0
+                _one(out, inp.name, lines[i], first + i - base, first + i, plain, star)
+            numbers = range(first, first + len(lines))
+            if odd or any(map(_STAR_MASK.__getitem__, map(_first, lines))):
+                starts = bytes(map(_first, (line or b"#" for line in lines)))
+                _take(out, lines, numbers, bytes(map(and_, clean, starts.translate(_PLAIN_MASK))), plain)
+                mask = bytes(map(and_, clean, starts.translate(_STAR_MASK)))
+                _take(out, [line[2:] for line in compress(lines, mask)],
+                      compress(numbers, mask), None, star)
+            else:
+                _take(out, lines, numbers, None, plain)
+            first += len(lines)
+        out.end_file(first - 1 - base)
+    return out
+
+
+def _take(out: ParsedList, keys: list[bytes], numbers: object, mask: bytes | None, flags: int) -> None:
+    before = len(out.keys)
+    if mask is None:
+        out.keys.extend(keys)
+        out.refs.extend(numbers)  # type: ignore[arg-type]
+    else:
+        out.keys.extend(compress(keys, mask))
+        out.refs.extend(compress(numbers, mask))  # type: ignore[call-overload]
+    added = len(out.keys) - before
+    out.flags.extend(bytes((flags,)) * added)
+    out.units += added
+
+
+def _one(out: ParsedList, name: str, line: bytes, lineno: int, ref: int, plain: int, star: int) -> None:
+    """One line the block pass could not take as it stands."""
+    line = line.strip()
+    cut = line.find(b"#")
+    if cut >= 0:
+        line = line[:cut].rstrip()
+    if not line:
+        return
+    out.units += 1
+    try:
+        key, is_star, idn = list_key(decode_line(line))
+    except DomainError as exc:
+        out.issue(f"{name}:{lineno}", exc.reason, str(exc))
+        return
+    out.counts["idn"] += idn
+    out.add(key, star if is_star else plain, ref)
