@@ -17,6 +17,7 @@ whether every answer matched the kit's ``.expect`` file. Then the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -42,10 +43,8 @@ def rss() -> int:
 
 def trim() -> None:
     gc.collect()
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 def load_queries(path: Path) -> tuple[list[bytes], list[bool]]:

@@ -16,6 +16,7 @@ matching is bytewise and the registry does list such names.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from typing import Final
@@ -133,20 +134,20 @@ def to_unicode(key: bytes) -> str:
     out = []
     for label in key.decode("ascii", "replace").split("."):
         if label.startswith("xn--"):
-            try:
+            with contextlib.suppress(idna.IDNAError, UnicodeError):
                 label = idna.decode(label)
-            except (idna.IDNAError, UnicodeError):
-                pass
         out.append(label)
     return ".".join(out)
 
 
 def input_key(name: str) -> bytes:
-    """The key for a name typed by a person (command line, config).
+    """The key for a name typed by a person (command line).
 
     Unicode input goes through the same IDNA mapping as the lists, so ``пример.рф`` and
-    ``xn--e1afmkfd.xn--p1ai`` give the same key.
+    ``xn--e1afmkfd.xn--p1ai`` give the same key. A ``*`` is refused: a lookup is of a name.
     """
+    if "*" in name:
+        raise DomainError(f"look up a name, not a pattern: {name!r}", "bad-wildcard")
     return list_key(name)[0]
 
 
@@ -166,6 +167,8 @@ def url_host(url: str) -> tuple[str, str] | None:
     if m:
         scheme = m.group(1).lower()
         rest = text[m.end() :]
+        if m.end() - len(m.group(1)) - 1 > 2:  # "https:///path": an empty authority
+            return None
     else:
         scheme = ""
         rest = text.lstrip("/\\")

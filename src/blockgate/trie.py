@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from collections import Counter
 from itertools import compress, islice, repeat
 from operator import and_, eq, itemgetter
-from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from blockgate.policy import Action
@@ -261,7 +261,7 @@ def _picker(order: list[int]) -> Callable[[Sequence[int]], Sequence[int]]:
         return lambda seq: (seq[only],)
     if not order:
         return lambda seq: ()
-    return itemgetter(*order)  # type: ignore[return-value]
+    return itemgetter(*order)
 
 
 class Matcher:
@@ -414,30 +414,3 @@ def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
     stats: dict[str, Any] = {"shadowed": sdrop + bdrop, "self_names": len(sset),
                              "below_names": len(bset)}
     return Matcher(classes, self_side, below_side, list(sources), stats)
-
-
-def naive_match(rules: Iterable[tuple[bytes, Kind, bool, int, int]], key: bytes) -> tuple[bytes, Kind, bool, int, int] | None:
-    """Reference semantics for tests: a linear scan over ``(name, kind, allow, source, order)``.
-
-    Among rules that apply to ``key``, the most specific name wins; then allow, then exact,
-    then source order, then file order.
-    """
-    best: tuple[tuple[int, int, int, int, int], tuple[bytes, Kind, bool, int, int]] | None = None
-    for rule in rules:
-        name, kind, allow, src, order = rule
-        if name == key:
-            if kind is Kind.WILDCARD:
-                continue
-        elif key.endswith(b"." + name):
-            if kind is Kind.EXACT:
-                continue
-        else:
-            continue
-        rank = (-len(name), 0 if allow else 1, 0 if kind is Kind.EXACT else 1, src, order)
-        if best is None or rank < best[0]:
-            best = (rank, rule)
-    return best[1] if best is not None else None
-
-
-def describe_kinds(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

@@ -9,6 +9,7 @@ line, or a registry record with its decision).
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -93,6 +94,10 @@ class ParsedList:
     rec_id: array[int] = field(default_factory=lambda: array("I"))
     rec_decision: array[int] = field(default_factory=lambda: array("i"))
     decisions: list[Decision] = field(default_factory=list)
+    # IP entries of registry records (not DNS/SNI material; kept for a firewall export):
+    # 5 bytes per IPv4 network (address, prefix length), 17 per IPv6 network.
+    ipv4: bytearray = field(default_factory=bytearray)
+    ipv6: bytearray = field(default_factory=bytearray)
     _decision_index: dict[Decision, int] = field(default_factory=dict)
 
     _line_base: int = 0
@@ -131,6 +136,24 @@ class ParsedList:
         self.rec_id.append(record_id)
         self.rec_decision.append(decision)
         return len(self.rec_line) - 1
+
+    def address(self, text: str) -> bool:
+        """Keep one IP address or network (``a.b.c.d``, ``a.b.c.d/nn``, IPv6 either spelling).
+
+        Counts it as ``ip``/``ip-subnet``/``ipv6``/``ipv6-subnet``; False if it does not parse.
+        """
+        try:
+            net = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            return False
+        subnet = "/" in text
+        if net.version == 4:
+            self.ipv4 += net.network_address.packed + bytes((net.prefixlen,))
+            self.counts["ip-subnet" if subnet else "ip"] += 1
+        else:
+            self.ipv6 += net.network_address.packed + bytes((net.prefixlen,))
+            self.counts["ipv6-subnet" if subnet else "ipv6"] += 1
+        return True
 
     # -- reading (compiler, CLI) ----------------------------------------------------------
     def where(self, global_line: int) -> str:

@@ -1,8 +1,9 @@
 """[domains]: one name per line, ``#`` comments.
 
 ``x`` blocks exactly ``x``; ``*.x`` blocks the names strictly below ``x`` (WILDCARD), the
-convention of RPZ and of the bench kit's lists. Option ``scope: subtree`` makes a plain ``x``
-block ``x`` and everything below it, as most hand-written lists intend.
+convention of RPZ and of the bench kit's lists; ``.x`` blocks ``x`` and every name below it
+(SUBTREE, the leading-dot convention of Debian's blockdomains and Surge domain sets).
+Option ``scope: subtree`` makes a plain ``x`` a subtree too, as many hand-written lists mean.
 
 This is the format of the largest lists, so clean lines are taken a block at a time with
 C-level passes (``lists.text.unusual_lines`` says which lines need a closer look).
@@ -10,7 +11,7 @@ C-level passes (``lists.text.unusual_lines`` says which lines need a closer look
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import compress
 from operator import and_, itemgetter
 from typing import Final
@@ -26,6 +27,7 @@ OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
 _STAR_MASK: Final = bytes(1 if b == 42 else 0 for b in range(256))  # first byte "*"
 _PLAIN_MASK: Final = bytes(0 if b == 42 else 1 for b in range(256))
 _first = itemgetter(0)
+_SUBTREE: Final = make_flags(Kind.SUBTREE)
 
 
 def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> ParsedList:
@@ -57,14 +59,15 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
     return out
 
 
-def _take(out: ParsedList, keys: list[bytes], numbers: object, mask: bytes | None, flags: int) -> None:
+def _take(out: ParsedList, keys: list[bytes], numbers: Iterable[int], mask: bytes | None,
+          flags: int) -> None:
     before = len(out.keys)
     if mask is None:
         out.keys.extend(keys)
-        out.refs.extend(numbers)  # type: ignore[arg-type]
+        out.refs.extend(numbers)
     else:
         out.keys.extend(compress(keys, mask))
-        out.refs.extend(compress(numbers, mask))  # type: ignore[call-overload]
+        out.refs.extend(compress(numbers, mask))
     added = len(out.keys) - before
     out.flags.extend(bytes((flags,)) * added)
     out.units += added
@@ -79,10 +82,15 @@ def _one(out: ParsedList, name: str, line: bytes, lineno: int, ref: int, plain: 
     if not line:
         return
     out.units += 1
+    dot = line[:1] == b"." and line[1:2] not in (b".", b"")
     try:
-        key, is_star, idn = list_key(decode_line(line))
+        key, is_star, idn = list_key(decode_line(line[1:] if dot else line))
     except DomainError as exc:
         out.issue(f"{name}:{lineno}", exc.reason, str(exc))
         return
-    out.counts["idn"] += idn
-    out.add(key, star if is_star else plain, ref)
+    if dot and is_star:
+        out.issue(f"{name}:{lineno}", "bad-wildcard", "'.' and '*.' together")
+        return
+    if idn:
+        out.counts["idn"] += 1
+    out.add(key, _SUBTREE if dot else (star if is_star else plain), ref)

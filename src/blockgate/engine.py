@@ -1,0 +1,83 @@
+"""The facade every adapter drives: compiled rules in, decisions out.
+
+A ``RuleSet`` is immutable: a new list means a new RuleSet, swapped in whole. The engine
+keeps no clock and does no I/O; adapters hand it bytes and names.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from blockgate.config import Config, SourceConfig
+from blockgate.domain import input_key
+from blockgate.errors import DomainError
+from blockgate.lists.base import ParsedList
+from blockgate.trie import Matcher, Rule, SourceInfo, compile_rules
+from blockgate.verdict import Verdict, verdict_of
+
+
+@dataclass(slots=True)
+class LoadedSource:
+    """One source after reading: its parsed list (or why there is none) and the cost."""
+
+    config: SourceConfig
+    parsed: ParsedList | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    memory: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rules(self) -> int:
+        return sum(self.kinds.values())
+
+
+class RuleSet:
+    """Every loaded source compiled into one matcher, in config (precedence) order."""
+
+    def __init__(self, loaded: Sequence[LoadedSource]) -> None:
+        self.loaded = list(loaded)
+        infos = []
+        for ls in self.loaded:
+            if ls.parsed is None:
+                continue
+            ls.kinds = ls.parsed.kind_counts()
+            c = ls.config
+            infos.append(SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), ls.parsed))
+        self.matcher: Matcher = compile_rules(infos)
+        for ls in self.loaded:
+            if ls.parsed is not None:
+                ls.parsed.release()  # the matcher holds the rules now
+        self.match = self.matcher.match
+
+    @property
+    def rules(self) -> int:
+        return sum(ls.rules for ls in self.loaded)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    name: str
+    key: bytes | None
+    verdict: Verdict
+    rule: Rule | None
+    error: str | None = None
+
+
+class Engine:
+    """Decisions for names (and, with the DNS and SNI adapters, for packets)."""
+
+    def __init__(self, config: Config, ruleset: RuleSet) -> None:
+        self.config = config
+        self.ruleset = ruleset
+
+    def lookup(self, name: str) -> Lookup:
+        """A name typed by a person: Unicode is looked up by its A-label."""
+        try:
+            key = input_key(name)
+        except DomainError as exc:
+            return Lookup(name, None, Verdict.UNKNOWN, None, f"{exc.reason}: {exc}")
+        rule = self.ruleset.match(key)
+        return Lookup(name, key, verdict_of(rule), rule)
