@@ -66,9 +66,13 @@ def build_blockgate(listfile: Path):  # type: ignore[no-untyped-def]
     from blockgate.lists.domains import parse
     from blockgate.trie import SourceInfo, compile_rules
 
+    t0 = time.perf_counter()
     with open(listfile, "rb") as f:
         parsed = parse([Input(listfile.name, f)])
+    t1 = time.perf_counter()
     matcher = compile_rules([SourceInfo("bench", "domains", rules=parsed)])
+    PHASES["parse_s"] = round(t1 - t0, 3)
+    PHASES["compile_s"] = round(time.perf_counter() - t1, 3)
     rules = len(parsed)
     parsed.release()  # as the daemon does: the matcher holds the rules now
     return matcher, rules, matcher.match
@@ -111,6 +115,7 @@ def build_nested(listfile: Path):  # type: ignore[no-untyped-def]
     return root, count, lookup
 
 
+PHASES: dict[str, float] = {}
 BUILDERS = {"blockgate": build_blockgate, "nested-trie": build_nested}
 
 
@@ -129,7 +134,7 @@ def measure(kind: str, data: Path, passes: int) -> dict[str, object]:
     r1 = rss()
     out: dict[str, object] = {"struct": kind, "rules": rules, "build_s": round(build_s, 3),
                               "rss_mib": round((r1 - r0) / 2**20, 1),
-                              "bytes_per_rule": round((r1 - r0) / rules, 1)}
+                              "bytes_per_rule": round((r1 - r0) / rules, 1), **PHASES}
     gc.freeze()
     for name, (keys, expect) in queries.items():
         got = [lookup(k) for k in keys]

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import sys
 from array import array
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from itertools import compress, islice, repeat
-from operator import and_, eq, itemgetter
+from itertools import accumulate, compress, repeat
+from operator import and_, itemgetter
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from blockgate.policy import Action
@@ -226,32 +225,59 @@ class _Side:
 
 def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int],
                 clash: array[int]) -> None:
-    """Sort the entries by hash and fill the side's columns, in C-level passes.
+    """Group the entries by bucket and fill the side's columns.
 
-    Entries whose 30-bit hash is not unique are left out; their indices go to ``clash``.
+    A counting sort in one Python pass costs less here than ``sorted`` plus the C-level
+    gathers it would need (measured: ~0.45 s against ~1 s for 900k entries). Entries keep
+    their rule order inside a bucket; ``tags.index`` scans a bucket anyway. Entries whose
+    30-bit hash is not unique are left out; their indices go to ``clash``.
     """
     n = len(keys)
+    bshift = side.bshift
     hs = list(map(and_, map(hash, keys), repeat(_HASH_MASK)))
-    order = sorted(range(n), key=hs.__getitem__)
-    hs = list(_picker(order)(hs))
-    twins = set(compress(hs, map(eq, hs, islice(hs, 1, None))))
+    twins = _twins(hs)
+    starts = [0] * ((1 << (_HASH_BITS - bshift)) + 1)
+    for h in hs:
+        starts[(h >> bshift) + 1] += 1
     if twins:
-        keep = bytearray(b"\x01") * n
-        for h in twins:
-            lo, hi = bisect_left(hs, h), bisect_right(hs, h)
-            clash.extend(order[lo:hi])
-            keep[lo:hi] = bytes(hi - lo)
-        order = list(compress(order, keep))
-        hs = list(compress(hs, keep))
-    pick = _picker(order)
-    side.ref.extend(pick(ref.tolist()))
-    if side.only < 0:
-        side.cls.extend(pick(cls.tolist()))
-    step = 1 << side.bshift
-    side.off.extend(map(bisect_left, repeat(hs), range(0, (1 << _HASH_BITS) + 1, step)))
-    # Low 16 bits of each hash, straight from an array's memory (little-endian halves).
-    halves = memoryview(array("I", hs)).cast("B").cast("H")
-    side.tags.frombytes(halves[0 if _LITTLE else 1 :: 2].tobytes())
+        for i, h in enumerate(hs):
+            if h in twins:
+                clash.append(i)
+                starts[(h >> bshift) + 1] -= 1
+    starts = list(accumulate(starts))
+    side.off.extend(starts)
+    kept = n - len(clash)
+    tags = array("H", bytes(2 * kept))
+    refs = array("I", bytes(4 * kept))
+    classes = array(cls.typecode, bytes(cls.itemsize * kept)) if side.only < 0 else None
+    for i, h in enumerate(hs):
+        if twins and h in twins:
+            continue
+        b = h >> bshift
+        p = starts[b]
+        starts[b] = p + 1
+        tags[p] = h & _TAG_MASK
+        refs[p] = ref[i]
+        if classes is not None:
+            classes[p] = cls[i]
+    side.tags.extend(tags)
+    side.ref.extend(refs)
+    if classes is not None:
+        side.cls.extend(classes)
+
+
+def _twins(hs: list[int]) -> set[int]:
+    """Hash values that occur more than once (a few hundred among a million)."""
+    if len(set(hs)) == len(hs):
+        return set()
+    seen: set[int] = set()
+    twins: set[int] = set()
+    for h in hs:
+        if h in seen:
+            twins.add(h)
+        else:
+            seen.add(h)
+    return twins
 
 
 def _picker(order: list[int]) -> Callable[[Sequence[int]], Sequence[int]]:
@@ -305,19 +331,53 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
     new_rule = tuple.__new__
     rule_type = Rule
     top_level = not all(map(bytes.__contains__, below_keys, repeat(b".")))
-    walks = _WALK_ALL if top_level else _WALK_SKIP_TOP
 
-    def match(key: bytes) -> Rule | None:
+    def hit_self(key: bytes) -> Rule:
+        return new_rule(rule_type, (s_only or classes[s_find(key)[0]], key, sside))
+
+    def hit_below(s: bytes) -> Rule:
+        return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
+
+    def match_to_top(key: bytes) -> Rule | None:
+        """Used when some rule sits on a single label ("ru"): the walk goes up to it."""
         if key in self_keys:
-            return new_rule(rule_type, (s_only or classes[s_find(key)[0]], key, sside))
+            return hit_self(key)
         s = key
-        for _ in walks[key.count(46)]:  # an int needle skips the buffer protocol: ~30 % faster
+        for _ in _WALK_ALL[key.count(46)]:
             s = s.partition(b".")[2]
             if s in below_keys:
-                return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
+                return hit_below(s)
         return None
 
-    return match
+    def match(key: bytes) -> Rule | None:
+        # The parents of the name, nearest first, down to two labels; the first three are
+        # written out (most names have at most four labels: no loop, no range object).
+        # ``count(46)`` with an int needle skips the buffer protocol: ~30 % faster.
+        if key in self_keys:
+            return new_rule(rule_type, (s_only or classes[s_find(key)[0]], key, sside))
+        n = key.count(46)
+        if n < 2:
+            return None
+        s = key.partition(b".")[2]
+        if s in below_keys:
+            return hit_below(s)
+        if n == 2:
+            return None
+        s = s.partition(b".")[2]
+        if s in below_keys:
+            return hit_below(s)
+        if n == 3:
+            return None
+        s = s.partition(b".")[2]
+        if s in below_keys:
+            return hit_below(s)
+        for _ in _WALK_SKIP_TOP[n - 3]:
+            s = s.partition(b".")[2]
+            if s in below_keys:
+                return hit_below(s)
+        return None
+
+    return match_to_top if top_level else match
 
 
 # -- compiling ---------------------------------------------------------------------------

@@ -141,9 +141,19 @@ class ParsedList:
         """Keep one IP address or network (``a.b.c.d``, ``a.b.c.d/nn``, IPv6 either spelling).
 
         Counts it as ``ip``/``ip-subnet``/``ipv6``/``ipv6-subnet``; False if it does not parse.
+        A registry row can carry a quarter of a million addresses, so plain IPv4 skips the
+        ``ipaddress`` module (6 µs per address there).
         """
+        text = text.strip()
+        if text.count(".") == 3 and text.replace(".", "").isdigit() and text.isascii():
+            try:
+                self.ipv4 += bytes(map(int, text.split("."))) + b"\x20"
+            except ValueError:  # an octet over 255
+                return False
+            self.counts["ip"] += 1
+            return True
         try:
-            net = ipaddress.ip_network(text.strip(), strict=False)
+            net = ipaddress.ip_network(text, strict=False)
         except ValueError:
             return False
         subnet = "/" in text

@@ -12,8 +12,8 @@ C-level passes (``lists.text.unusual_lines`` says which lines need a closer look
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import compress
-from operator import and_, itemgetter
+from itertools import compress, repeat
+from operator import and_
 from typing import Final
 
 from blockgate.domain import list_key
@@ -24,9 +24,7 @@ from blockgate.trie import Kind
 
 OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
 
-_STAR_MASK: Final = bytes(1 if b == 42 else 0 for b in range(256))  # first byte "*"
-_PLAIN_MASK: Final = bytes(0 if b == 42 else 1 for b in range(256))
-_first = itemgetter(0)
+_FLIP: Final = bytes([1, 0]) + bytes(254)  # translate table: 0 <-> 1
 _SUBTREE: Final = make_flags(Kind.SUBTREE)
 
 
@@ -46,10 +44,10 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
                 clean[i] = 0
                 _one(out, inp.name, lines[i], first + i - base, first + i, plain, star)
             numbers = range(first, first + len(lines))
-            if odd or any(map(_STAR_MASK.__getitem__, map(_first, lines))):
-                starts = bytes(map(_first, (line or b"#" for line in lines)))
-                _take(out, lines, numbers, bytes(map(and_, clean, starts.translate(_PLAIN_MASK))), plain)
-                mask = bytes(map(and_, clean, starts.translate(_STAR_MASK)))
+            starred = bytes(map(bytes.startswith, lines, repeat(b"*")))  # 1 per "*" line
+            if odd or starred.count(1):
+                _take(out, lines, numbers, bytes(map(and_, clean, starred.translate(_FLIP))), plain)
+                mask = bytes(map(and_, clean, starred))
                 _take(out, [line[2:] for line in compress(lines, mask)],
                       compress(numbers, mask), None, star)
             else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Iterator
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, compress, count, repeat
+from operator import add, gt, itemgetter, not_
 from typing import BinaryIO, Final
 
 # Lines are read in blocks of this many bytes (cut at a newline), so a list of any size is
@@ -15,9 +15,14 @@ BLOCK: Final = 4 << 20
 
 _NAME_BYTES: Final = b"abcdefghijklmnopqrstuvwxyz0123456789-_.*\n"
 _BAD_BYTE: Final = re.compile(rb"[^a-z0-9_.*\n-]")
-_DIGIT_END: Final = re.compile(rb"[0-9]$", re.M)
-# A clean line is at most this long before its labels or length need checking one by one.
+_ODD_FIRST: Final = re.compile(rb"[.]")
+_ODD_LAST: Final = re.compile(rb"[.0-9]")
+# Lines longer than this may hold a label over 63 octets: their labels are measured.
 _SHORT: Final = 63
+_MAX_LABEL: Final = 63
+_MAX_NAME: Final = 253
+_first = itemgetter(0)
+_last = itemgetter(-1)
 
 
 def decode_line(line: bytes) -> str:
@@ -65,19 +70,23 @@ def unusual_lines(lines: list[bytes]) -> set[int]:
     """Indices of the lines that a plain ``name`` / ``*.name`` reading may get wrong.
 
     The other lines hold only ``[a-z0-9_.*-]``, have no empty label, no leading or trailing
-    dot, a ``*`` only as a leading ``*.``, no label or name over the limits (no line over 63
-    bytes at all) and do not end in a digit (IP literals): they are keys as they stand. The
-    checks are whole-block scans in C; the unusual lines go through ``list_key`` one by one.
+    dot, a ``*`` only as a leading ``*.``, no label or name over the limits, and do not end
+    in a digit (IP literals): they are keys as they stand. The checks are whole-block passes
+    in C (``translate``, ``find``, ``map``); only the unusual lines, usually none, go through
+    ``list_key`` one by one.
     """
+    out: set[int] = set()
+    if not all(lines):  # empty lines are skipped by the caller's slow path
+        out.update(compress(count(), map(not_, lines)))
+        lines = [line or b"#" for line in lines]
     block = b"\n".join(lines) + b"\n"
     marks: list[int] = []
     if block.translate(None, _NAME_BYTES):
         marks.extend(m.start() for m in _BAD_BYTE.finditer(block))
-    for needle, shift in ((b"..", 0), (b"\n.", 1), (b".\n", 0), (b"\n\n", 1)):
-        pos = block.find(needle)
-        while pos >= 0:
-            marks.append(pos + shift)
-            pos = block.find(needle, pos + 1)
+    pos = block.find(b"..")
+    while pos >= 0:
+        marks.append(pos)
+        pos = block.find(b"..", pos + 1)
     stars = block.count(b"*")
     if stars and stars != block.count(b"\n*.") + block.startswith(b"*."):
         pos = block.find(b"*")
@@ -85,13 +94,15 @@ def unusual_lines(lines: list[bytes]) -> set[int]:
             if (pos and block[pos - 1] != 10) or block[pos + 1] != 46:
                 marks.append(pos)
             pos = block.find(b"*", pos + 1)
-    marks.extend(m.start() for m in _DIGIT_END.finditer(block))
-    out: set[int] = set()
     if marks:
         ends = list(accumulate(map(add, map(len, lines), repeat(1))))
         out.update(bisect_right(ends, pos) for pos in marks)
-    if lines and (not lines[0] or lines[0][0] == 46):  # first line empty or starting with "."
-        out.add(0)
-    if max(map(len, lines), default=0) > _SHORT:
-        out.update(i for i, line in enumerate(lines) if len(line) > _SHORT)
+    # One byte per line: its first and its last. A leading ".", a trailing "." or digit.
+    out.update(m.start() for m in _ODD_FIRST.finditer(bytes(map(_first, lines))))
+    out.update(m.start() for m in _ODD_LAST.finditer(bytes(map(_last, lines))))
+    for i in compress(count(), map(gt, map(len, lines), repeat(_SHORT))):
+        line = lines[i]
+        name = line[2:] if line[:2] == b"*." else line
+        if len(name) > _MAX_NAME or max(map(len, name.split(b"."))) > _MAX_LABEL:
+            out.add(i)
     return out
