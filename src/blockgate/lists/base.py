@@ -12,10 +12,13 @@ import bisect
 import ipaddress
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
+from blockgate.domain import ascii_key, list_key
+from blockgate.errors import DomainError
+from blockgate.lists.text import decode_line
 from blockgate.policy import Action
 from blockgate.trie import ACTION_SHIFT, ALLOW, KIND_MASK, Kind
 
@@ -121,6 +124,34 @@ class ParsedList:
         self.issue_counts[reason] += 1
         if len(self.issues) < MAX_KEPT_ISSUES:
             self.issues.append(Issue(where, reason, text[:MAX_ISSUE_TEXT]))
+
+    def name_key(self, raw: bytes | str, where: str,
+                 counted: Mapping[str, str] | None = None) -> tuple[bytes, bool] | None:
+        """``(key, star)`` of one listed name, or None once the refusal is recorded.
+
+        A refusal is a located issue, unless ``counted`` maps its reason to a counter (e.g.
+        adblock's IP rules are a feature we do not support, not a broken line). Names
+        converted from Unicode are counted as ``idn``. Plain lowercase ASCII names take
+        the fast path without decoding.
+        """
+        text = raw if isinstance(raw, str) else None
+        plain = raw.strip() if isinstance(raw, bytes) else raw.strip().encode("utf-8", "replace")
+        star = plain.startswith(b"*.")
+        key = ascii_key(plain[2:] if star else plain) if plain.isascii() else None
+        if key is not None:
+            return key, star
+        try:
+            key, star, idn = list_key(text if text is not None else decode_line(plain))
+        except DomainError as exc:
+            counter = (counted or {}).get(exc.reason)
+            if counter is not None:
+                self.counts[counter] += 1
+            else:
+                self.issue(where, exc.reason, str(exc))
+            return None
+        if idn:
+            self.counts["idn"] += 1
+        return key, star
 
     def decision(self, number: str, date: str, authority: str) -> int:
         d = Decision(number, date, authority)

@@ -16,10 +16,8 @@ from itertools import compress, repeat
 from operator import and_
 from typing import Final
 
-from blockgate.domain import list_key
-from blockgate.errors import DomainError
 from blockgate.lists.base import Input, ParsedList, make_flags
-from blockgate.lists.text import blocks, decode_line, unusual_lines
+from blockgate.lists.text import blocks, unusual_lines
 from blockgate.trie import Kind
 
 OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
@@ -81,14 +79,11 @@ def _one(out: ParsedList, name: str, line: bytes, lineno: int, ref: int, plain: 
         return
     out.units += 1
     dot = line[:1] == b"." and line[1:2] not in (b".", b"")
-    try:
-        key, is_star, idn = list_key(decode_line(line[1:] if dot else line))
-    except DomainError as exc:
-        out.issue(f"{name}:{lineno}", exc.reason, str(exc))
+    got = out.name_key(line[1:] if dot else line, f"{name}:{lineno}")
+    if got is None:
         return
+    key, is_star = got
     if dot and is_star:
         out.issue(f"{name}:{lineno}", "bad-wildcard", "'.' and '*.' together")
         return
-    if idn:
-        out.counts["idn"] += 1
     out.add(key, _SUBTREE if dot else (star if is_star else plain), ref)

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Final
 from xml.parsers import expat
 
-from blockgate.domain import ascii_key, list_key, url_host
-from blockgate.errors import DomainError, ListFormatError
+from blockgate.domain import url_host
+from blockgate.errors import ListFormatError
 from blockgate.lists.base import Input, ParsedList, make_flags
 from blockgate.trie import Kind
 
@@ -110,21 +110,7 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
 
 def name_key(out: ParsedList, where: str, raw: str) -> tuple[bytes, bool] | None:
     """``(key, star)`` of one listed name, or None after recording a located issue."""
-    text = raw.strip()
-    star = text.startswith("*.")
-    plain = text[2:] if star else text
-    if plain.isascii():  # fast path: most entries are lowercase ASCII already
-        key = ascii_key(plain.encode("ascii"))
-        if key is not None:
-            return key, star
-    try:
-        key, star, idn = list_key(text)
-    except DomainError as exc:
-        out.issue(where, exc.reason, str(exc))
-        return None
-    if idn:
-        out.counts["idn"] += 1
-    return key, star
+    return out.name_key(raw, where)
 
 
 def add_names(

@@ -7,7 +7,10 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import accumulate, compress, count, repeat
 from operator import add, gt, itemgetter, not_
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
+
+if TYPE_CHECKING:
+    from blockgate.lists.base import Input, ParsedList
 
 # Lines are read in blocks of this many bytes (cut at a newline), so a list of any size is
 # processed in bounded memory, a block at a time.
@@ -21,6 +24,7 @@ _ODD_LAST: Final = re.compile(rb"[.0-9]")
 _SHORT: Final = 63
 _MAX_LABEL: Final = 63
 _MAX_NAME: Final = 253
+_BOM: Final = b"\xef\xbb\xbf"
 _first = itemgetter(0)
 _last = itemgetter(-1)
 
@@ -55,6 +59,23 @@ def blocks(stream: BinaryIO) -> Iterator[list[bytes]]:
         yield _lines(data[: cut + 1])
     if rest:
         yield _lines(rest + b"\n")
+
+
+def numbered_lines(out: ParsedList, inp: Input) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, ref, line)`` for every line of one input (BOM dropped).
+
+    Registers the file with ``out`` (``begin_file``/``end_file``), so ``ref`` is the
+    global line number the rule columns keep.
+    """
+    base = out.begin_file(inp.name)
+    number = 0
+    for lines in blocks(inp.stream):
+        if not number and lines and lines[0].startswith(_BOM):
+            lines[0] = lines[0][len(_BOM) :]
+        for line in lines:
+            number += 1
+            yield number, base + number, line
+    out.end_file(number)
 
 
 def _lines(data: bytes) -> list[bytes]:
