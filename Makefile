@@ -40,7 +40,7 @@ pytest: $(STAMP) debs
 test: $(STAMP) debs lint typecheck imports pytest
 
 bench-lookup: $(STAMP)
-	$(PY) bench/lookup.py --rounds 3
+	$(PY) bench/lookup.py --rounds 5
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ from operator import and_
 from typing import Final
 
 from blockgate.lists.base import Input, ParsedList, make_flags
-from blockgate.lists.text import blocks, unusual_lines
+from blockgate.lists.text import joined_blocks, unusual_lines
 from blockgate.trie import Kind
 
 OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
@@ -35,8 +35,8 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
     for inp in inputs:
         base = out.begin_file(inp.name)
         first = base + 1  # global number of the block's first line
-        for lines in blocks(inp.stream):
-            odd = unusual_lines(lines)
+        for lines, joined in joined_blocks(inp.stream):
+            odd = unusual_lines(lines, joined)
             clean = bytearray(b"\x01") * len(lines)
             for i in sorted(odd):
                 clean[i] = 0

@@ -45,6 +45,12 @@ def blocks(stream: BinaryIO) -> Iterator[list[bytes]]:
 
     Lowercasing bytes touches only ``A-Z``, so non-ASCII text is left for the slow path.
     """
+    for lines, _joined in joined_blocks(stream):
+        yield lines
+
+
+def joined_blocks(stream: BinaryIO) -> Iterator[tuple[list[bytes], bytes]]:
+    """Like ``blocks``, with each block's text too (lines joined by newlines, final one kept)."""
     rest = b""
     while True:
         data = stream.read(BLOCK)
@@ -78,18 +84,19 @@ def numbered_lines(out: ParsedList, inp: Input) -> Iterator[tuple[int, int, byte
     out.end_file(number)
 
 
-def _lines(data: bytes) -> list[bytes]:
+def _lines(data: bytes) -> tuple[list[bytes], bytes]:
     low = data.lower()
     if b"\r" in low:
         low = low.replace(b"\r\n", b"\n")
     lines = low.split(b"\n")
     lines.pop()  # data ends with a newline: the last element is empty
-    return lines
+    return lines, low
 
 
-def unusual_lines(lines: list[bytes]) -> set[int]:
+def unusual_lines(lines: list[bytes], joined: bytes | None = None) -> set[int]:
     """Indices of the lines that a plain ``name`` / ``*.name`` reading may get wrong.
 
+    ``joined`` may give the lines already joined by newlines (with a final one).
     The other lines hold only ``[a-z0-9_.*-]``, have no empty label, no leading or trailing
     dot, a ``*`` only as a leading ``*.``, no label or name over the limits, and do not end
     in a digit (IP literals): they are keys as they stand. The checks are whole-block passes
@@ -100,7 +107,8 @@ def unusual_lines(lines: list[bytes]) -> set[int]:
     if not all(lines):  # empty lines are skipped by the caller's slow path
         out.update(compress(count(), map(not_, lines)))
         lines = [line or b"#" for line in lines]
-    block = b"\n".join(lines) + b"\n"
+        joined = None
+    block = joined if joined is not None else b"\n".join(lines) + b"\n"
     marks: list[int] = []
     if block.translate(None, _NAME_BYTES):
         marks.extend(m.start() for m in _BAD_BYTE.finditer(block))
