@@ -104,3 +104,26 @@ def test_split_sources_and_missing_files(tmp_path: Path, layout: str) -> None:
     assert "source gone not loaded" in r.stderr
     r = blockgate("compile", "-c", str(cfg))
     assert r.returncode == 1 and "gone (domains): NOT LOADED" in r.stdout
+
+
+def test_lookup_reports_registry_record_and_decision(tmp_path: Path) -> None:
+    fixtures = ROOT / "tests" / "fixtures" / "lists"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "sources:\n"
+        f"  - {{name: registry, format: rkn-xml, path: '{fixtures / 'rkn-dump-fragment-2019-a.xml'}'}}\n"
+        f"  - {{name: mirror, format: zi-csv, path: '{fixtures / 'zi-dump-2018-mid-sample.csv'}'}}\n")
+    r = blockgate("lookup", "-c", str(cfg), "--json", "standaards.com", "www.linkedin.com",
+                  "pontorez.com")
+    got = {rec["name"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    std = got["standaards.com"]
+    assert (std["verdict"], std["source"], std["kind"], std["record_id"]) == (
+        "block", "registry", "exact", 1676124)
+    assert std["decision"] == {"number": "2а-4235/2019", "date": "2019-06-25", "authority": "суд"}
+    li = got["www.linkedin.com"]  # line 16 of the 2018 sample: *.linkedin.com, 2-3491/2016
+    assert (li["verdict"], li["kind"], li["origin"]) == (
+        "block", "subtree", "zi-dump-2018-mid-sample.csv:16")
+    assert li["decision"]["number"] == "2-3491/2016"
+    assert got["pontorez.com"]["verdict"] == "pass"  # an http:// URL record blocks no name
+    r = blockgate("compile", "-c", str(cfg), "--issues")
+    assert "zi-dump-2018-mid-sample.csv:1769: ip-literal" in r.stdout
