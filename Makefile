@@ -23,7 +23,7 @@ debs:
 	@scripts/debian-packages.sh
 
 run: $(STAMP)
-	$(VENV)/bin/blockgate compile --config $(CONFIG)
+	$(VENV)/bin/blockgate run --config $(CONFIG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

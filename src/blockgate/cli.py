@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from blockgate import __version__
 from blockgate.config import Config, load
-from blockgate.daemon import build_ruleset
+from blockgate.daemon import build_ruleset, run, setup_logging
 from blockgate.domain import to_unicode
 from blockgate.engine import Engine, LoadedSource, Lookup
 from blockgate.errors import ConfigError
@@ -148,6 +148,12 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    setup_logging(str(config.log["level"]))
+    return run(config)
+
+
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     config = read_config(args.config)
     print(f"{args.config}: ok, {len(config.sources)} sources", file=out)
@@ -173,6 +179,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per name")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=cmd_lookup)
+    p = with_config("run", "Serve DNS (and SNI enforcement) with the configured rules.")
+    p.set_defaults(func=cmd_run)
     p = with_config("check-config", "Validate the configuration; exit 2 with located errors.")
     p.set_defaults(func=cmd_check_config)
     return ap

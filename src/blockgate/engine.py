@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from blockgate.config import Config, SourceConfig
+from blockgate.dnsengine import Delivery, DnsEngine, make_settings, make_synth
 from blockgate.domain import input_key
 from blockgate.errors import DomainError
 from blockgate.lists.base import ParsedList
@@ -81,3 +82,8 @@ class Engine:
             return Lookup(name, None, Verdict.UNKNOWN, None, f"{exc.reason}: {exc}")
         rule = self.ruleset.match(key)
         return Lookup(name, key, verdict_of(rule), rule)
+
+
+# The DNS decisions live in ``dnsengine``; adapters reach them through this facade.
+__all__ = ["Delivery", "DnsEngine", "Engine", "LoadedSource", "Lookup", "RuleSet",
+           "make_settings", "make_synth"]

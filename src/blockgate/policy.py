@@ -49,3 +49,13 @@ REGISTRY_FORMATS: Final = frozenset({"rkn-xml", "zi-csv"})
 
 def default_ede(fmt: str) -> EdeCode:
     return EdeCode.CENSORED if fmt in REGISTRY_FORMATS else EdeCode.BLOCKED
+
+
+def block_text(source: str, record_id: int | None, decision: object | None) -> str:
+    """EDE EXTRA-TEXT of a block: the source, and the registry record and decision if known."""
+    parts = [f"blockgate: {source}"]
+    if record_id:
+        parts.append(f"record {record_id}")
+    if decision is not None and str(decision):
+        parts.append(f"decision {decision}")
+    return "; ".join(parts)

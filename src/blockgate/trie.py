@@ -102,6 +102,7 @@ class RuleClass:
     kind: Kind
     allow: bool
     action: Action | None  # the rule's own action (RPZ, dnsmasq), else the source's
+    index: int = 0  # position in ``Matcher.classes``: counters are lists indexed by it
 
     @property
     def priority(self) -> tuple[int, int, int]:
@@ -476,7 +477,7 @@ def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
             act = flags >> ACTION_SHIFT
             local[flags] = len(classes)
             classes.append(RuleClass(src, si, Kind(flags & KIND_MASK), bool(flags & ALLOW),
-                                     Action(act) if act else src.action))
+                                     Action(act) if act else src.action, len(classes)))
         class_of.append(local)
     code = "H" if len(classes) > 255 else "B"
     sside, bside = _SideInput(cls=array(code)), _SideInput(cls=array(code))

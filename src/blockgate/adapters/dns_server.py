@@ -1,0 +1,328 @@
+"""DNS over UDP and TCP for one worker: sockets in, ``DnsEngine`` decisions out.
+
+The event loop is asyncio's, but the UDP hot path bypasses its protocol machinery: each
+readable socket is drained in a tight ``recvfrom`` loop (up to ``BATCH`` packets per wake-up)
+and answered with ``sendto`` on the spot, so under load the loop's own cost is spread over
+many packets. TCP (RFC 7766: length-prefixed, pipelined, idle timeout, connection limit)
+and the upstream TCP connections use asyncio streams: they are the rare path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from blockgate.engine import Delivery, DnsEngine
+
+log = logging.getLogger("blockgate.dns")
+
+# Packets taken from one socket per wake-up: enough to amortise the loop, few enough that
+# other sockets (upstream answers) are not starved.
+BATCH: Final = 256
+# Largest query we read over UDP: a query is a question and an OPT record.
+MAX_QUERY: Final = 4096
+# Largest answer we read from an upstream (RFC 6891 allows up to 65535 bytes with EDNS).
+MAX_UDP: Final = 65535
+# How often queries without an upstream answer are checked for their timeout.
+EXPIRE_EVERY: Final = 0.05
+# Internal errors are logged at most this often (they are always counted).
+LOG_EVERY: Final = 10.0
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    s.setblocking(False)
+    return s
+
+
+def bind_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    s.listen(backlog)
+    s.setblocking(False)
+    return s
+
+
+def upstream_udp(host: str, port: int) -> socket.socket:
+    """A connected UDP socket: the kernel drops datagrams from any other address."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    s.setblocking(False)
+    return s
+
+
+class TcpClient:
+    """One client TCP connection; answers may be written in any order (RFC 7766 §6.2.1.1)."""
+
+    __slots__ = ("closed", "pending", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.pending = 0
+        self.closed = False
+
+    def sendto(self, payload: bytes, _addr: Any) -> None:
+        """The engine answers every client with ``channel.sendto(payload, addr)``."""
+        self.pending = max(0, self.pending - 1)
+        if not self.closed:
+            self.writer.write(len(payload).to_bytes(2, "big") + payload)
+
+
+class UpstreamTcp:
+    """A persistent, pipelined TCP connection to one upstream, opened when first needed."""
+
+    def __init__(self, server: DnsServer, index: int, host: str, port: int) -> None:
+        self.server = server
+        self.index = index
+        self.host = host
+        self.port = port
+        self.writer: asyncio.StreamWriter | None = None
+        self.queue: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def send(self, payload: bytes) -> None:
+        frame = len(payload).to_bytes(2, "big") + payload
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame)
+            return
+        self.queue.append(frame)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        engine = self.server.engine
+        label = engine.settings.upstreams[self.index].label
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), engine.settings.timeout)
+        except (TimeoutError, OSError) as exc:
+            engine.stats.upstream_errors[label, "tcp-connect"] += 1
+            log.debug("upstream %s over TCP: %s", label, exc)
+            self.queue.clear()  # their queries fail over when they time out
+            return
+        self.writer = writer
+        for frame in self.queue:
+            writer.write(frame)
+        self.queue.clear()
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                data = await reader.readexactly(size)
+                got = engine.answer(data, self.index, time.monotonic(), via_tcp=True)
+                if got is not None:
+                    self.server.deliver(got)
+                self.server.flush()
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            self.writer = None
+            writer.close()
+
+
+class DnsServer:
+    def __init__(self, engine: DnsEngine, listen: Sequence[tuple[str, int]],
+                 tcp_idle: float, tcp_max: int) -> None:
+        self.engine = engine
+        self.listen = listen
+        self.tcp_idle = tcp_idle
+        self.tcp_max = tcp_max
+        self.tcp_clients = 0
+        self.udp: list[socket.socket] = []
+        self.tcp: list[socket.socket] = []
+        self.usocks: list[socket.socket] = []
+        self.utcp: list[UpstreamTcp] = []
+        self._last_log = 0.0
+
+    # -- setup ---------------------------------------------------------------------------
+    def bind(self) -> None:
+        """Bind every listen address (UDP and TCP) and connect the upstream sockets."""
+        for host, port in self.listen:
+            self.udp.append(bind_udp(host, port))
+            self.tcp.append(bind_tcp(host, port))
+        for i, up in enumerate(self.engine.settings.upstreams):
+            self.usocks.append(upstream_udp(up.host, up.port))
+            self.utcp.append(UpstreamTcp(self, i, up.host, up.port))
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for s in self.udp:
+            loop.add_reader(s.fileno(), self._udp_ready, s)
+        for i, u in enumerate(self.usocks):
+            loop.add_reader(u.fileno(), self._upstream_ready, i, u)
+        servers = [await asyncio.start_server(self._tcp_client, sock=s) for s in self.tcp]
+        expiry = loop.create_task(self._expire_loop())
+        try:
+            await stop.wait()
+        finally:
+            expiry.cancel()
+            for s in self.udp + self.usocks:
+                loop.remove_reader(s.fileno())
+                s.close()
+            for srv in servers:
+                srv.close()
+            for up in self.utcp:
+                if up.writer is not None:
+                    up.writer.close()
+
+    # -- UDP -----------------------------------------------------------------------------
+    def _udp_ready(self, sock: socket.socket) -> None:
+        query = self.engine.query
+        outbox = self.engine.outbox
+        usocks = self.usocks
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(MAX_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._internal(exc)
+                return
+            try:
+                resp = query(data, addr, sock, False, now)
+                if resp is not None:
+                    sendto(resp, addr)
+                elif outbox:
+                    up, via, payload = outbox.pop()  # one query at most: sent right here
+                    if via or outbox:
+                        outbox.append((up, via, payload))
+                        self.flush()
+                    else:
+                        usocks[up].send(payload)
+            except OSError as exc:  # a full socket buffer: this packet is lost, counted
+                self.engine.stats.upstream_errors["*", f"send-{exc.errno}"] += 1
+            except Exception as exc:  # a bug must not stop the worker: counted, logged
+                outbox.clear()
+                self._internal(exc)
+
+    def flush(self) -> None:
+        """Send the queries the engine queued for its upstreams."""
+        outbox = self.engine.outbox
+        usocks = self.usocks
+        for up, tcp, payload in outbox:
+            try:
+                if tcp:
+                    self.utcp[up].send(payload)
+                else:
+                    usocks[up].send(payload)
+            except OSError as exc:  # they fail over when they time out
+                self.engine.stats.upstream_errors[self.engine.settings.upstreams[up].label,
+                                                  f"send-{exc.errno}"] += 1
+        outbox.clear()
+
+    def _upstream_ready(self, index: int, sock: socket.socket) -> None:
+        answer = self.engine.answer
+        recv = sock.recv
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data = recv(MAX_UDP)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:  # ICMP port unreachable: fail over at once
+                for failed in self.engine.upstream_failed(index, now, "refused"):
+                    self.deliver(failed)
+                continue
+            except OSError as exc:
+                self._internal(exc)
+                break
+            try:
+                got = answer(data, index, now)
+                if got is not None:
+                    got[0].sendto(got[2], got[1])
+            except Exception as exc:  # a bug must not stop the worker: counted, logged
+                self._internal(exc)
+        if self.engine.outbox:
+            self.flush()
+
+    def deliver(self, got: Delivery) -> None:
+        channel, addr, payload = got
+        try:
+            channel.sendto(payload, addr)
+        except OSError as exc:
+            self.engine.stats.upstream_errors["*", f"send-{exc.errno}"] += 1
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            try:
+                for got in self.engine.expire(time.monotonic()):
+                    self.deliver(got)
+                self.flush()
+            except Exception as exc:  # a bug must not stop the worker: counted, logged
+                self._internal(exc)
+
+    # -- TCP -----------------------------------------------------------------------------
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.tcp_clients >= self.tcp_max:
+            self.engine.stats.upstream_errors["*", "tcp-client-limit"] += 1
+            writer.close()
+            return
+        self.tcp_clients += 1
+        conn = TcpClient(writer)
+        peer: Any = writer.get_extra_info("peername") or ("", 0)
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle)
+                except TimeoutError:
+                    if conn.pending:  # answers still on their way: keep the connection
+                        continue
+                    break
+                size = int.from_bytes(head, "big")
+                data = await asyncio.wait_for(reader.readexactly(size), self.tcp_idle)
+                self._tcp_query(data, conn, peer)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            self.tcp_clients -= 1
+            conn.closed = True
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    def _tcp_query(self, data: bytes, conn: TcpClient, peer: Any) -> None:
+        try:
+            resp = self.engine.query(data, peer, conn, True, time.monotonic())
+        except Exception as exc:  # a bug must not stop the worker: counted, logged
+            self.engine.outbox.clear()
+            self._internal(exc)
+            return
+        if resp is not None:
+            conn.pending += 1  # sendto() counts it down
+            conn.sendto(resp, peer)
+        elif self.engine.outbox:
+            conn.pending += 1
+            self.flush()
+
+    # -- errors --------------------------------------------------------------------------
+    def _internal(self, exc: BaseException) -> None:
+        self.engine.stats.internal_errors += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.error("internal error (counted; further ones logged every %.0f s): %r",
+                      LOG_EVERY, exc, exc_info=exc)
+
+
+def entropy(n: int) -> bytes:
+    return os.urandom(n)
