@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -44,3 +44,6 @@ bench-lookup: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+bench-dns: $(STAMP)
+	$(PY) bench/dns.py --rounds 2 --seconds 20
