@@ -124,12 +124,17 @@ def supervise(config: Config, ruleset: RuleSet, workers: int) -> int:
     stopping = False
 
     def stop(_sig: int, _frame: object) -> None:
+        # waitpid() below is retried after a signal (PEP 475): the workers are told here,
+        # and their exits wake it up.
         nonlocal stopping
         stopping = True
+        for pid in pids:
+            _kill(pid, signal.SIGTERM)
 
+    pids: set[int] = set()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    pids = {_spawn(config, ruleset) for _ in range(workers)}
+    pids.update(_spawn(config, ruleset) for _ in range(workers))
     log.info("ready: listening on %s (%d workers)", ", ".join(config.dns["listen"]), workers)
     failures = 0
     while pids and not stopping:

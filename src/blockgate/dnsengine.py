@@ -59,10 +59,13 @@ _DATA, _QEND, _ADDR, _CHAN, _TCP, _UP, _SENT, _DEADLINE, _TRIED, _VIA = range(10
 _NEG_COUNTS: Final = b"\x00\x01\x00\x00\x00\x01\x00\x00"
 _ACTION_SLOT: Final = {a: A[a.config_name] for a in Action}
 _PLAIN_TYPES: Final = frozenset({QType.A, QType.AAAA})
-# Flags and counts of an NXDOMAIN without OPT, by the query's flag byte 2 and CD bit:
-# QR, the query's opcode and RD, RA, CD as asked, RCODE 3; QD=1 AN=0 NS=1 AR=0.
-_NX_FLAGS: Final = tuple(bytes(((b & 0x79) | 0x80, 0x83 | (cd << 4))) + _NEG_COUNTS
-                         for cd in (0, 1) for b in range(256))
+
+
+def _nx_flags(ra: int) -> list[bytes]:
+    """Flags and counts of an NXDOMAIN without OPT, by the query's flag byte 2 and CD bit:
+    QR, the query's opcode and RD, ``ra``, CD as asked, RCODE 3; QD=1 AN=0 NS=1 AR=0."""
+    return [bytes(((b & 0x79) | 0x80, ra | 0x03 | (cd << 4))) + _NEG_COUNTS
+            for cd in (0, 1) for b in range(256)]
 
 Delivery = tuple[Any, Any, bytes]  # (channel, addr, payload)
 
@@ -101,6 +104,8 @@ class DnsEngine:
         self._ids: list[int] = []
         self._clients: dict[str, int] = {}
         self._texts: dict[bytes, bytes] = {}
+        # the NXDOMAIN fast path's prebuilt flags, refilled in place when the upstream's RA changes
+        self._nx_flags = _nx_flags(synth.ra)
         self._bypass = [ipaddress.ip_network(n) for n in settings.bypass]
         self._allow = [ipaddress.ip_network(n) for n in settings.allow]
         stats.set_upstreams([u.label for u in settings.upstreams])
@@ -114,7 +119,7 @@ class DnsEngine:
         soa, forward, block, malformed = self.synth.soa, self._forward, self._block, self._malformed
         a_fwd, a_nx, a_bypass = A["forward"], A["nxdomain"], A["bypass"]
         refused, new_id, inflight, outbox = self._refused, self._new_id, self.inflight, self.outbox
-        nx_flags = _NX_FLAGS
+        nx_flags = self._nx_flags
         timeout, limit = self.settings.timeout, self.settings.max_inflight
         nx = Action.NXDOMAIN
 
@@ -283,6 +288,9 @@ class DnsEngine:
         stats.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, now - p[_SENT])] += 1
         stats.upstream_latency_sum[upstream] += now - p[_SENT]
         self.current = upstream
+        if data[3] & 0x80 != self.synth.ra:  # our own answers set RA as the upstream does
+            self.synth.ra = data[3] & 0x80
+            self._nx_flags[:] = _nx_flags(self.synth.ra)
         rcode = data[3] & 0x0F
         stats.upstream_rcodes[upstream][rcode] += 1
         if data[2] & 0x02 and not via_tcp:  # TC=1 over UDP: ask the same upstream over TCP
@@ -292,9 +300,9 @@ class DnsEngine:
                 # the usual answer: one A/AAAA record whose owner points at the question
                 data[7] == 1 and data[6] == 0 and len(data) > qend + 3 and data[qend] == 0xC0
                 and data[qend + 2] == 0 and data[qend + 3] in _PLAIN_TYPES):
-            blocked = self._cname_block(data, qend, p, self.settings.upstreams[upstream].label)
-            if blocked is not None:
-                return blocked
+            blocked, delivery = self._cname_block(data, qend, p, self.settings.upstreams[upstream].label)
+            if blocked:
+                return delivery
         if via_tcp and not p[_TCP] and len(data) > udp_limit(query, qend):
             # the full answer (asked over TCP) does not fit the UDP client: TC=1, it retries
             return p[_CHAN], p[_ADDR], self.synth.bare(query, qend, rcode, b"", tc=True)
@@ -304,29 +312,31 @@ class DnsEngine:
     def _deliver_or_none(p: tuple[Any, ...], resp: bytes | None) -> Delivery | None:
         return None if resp is None else (p[_CHAN], p[_ADDR], resp)
 
-    def _cname_block(self, data: bytes, qend: int, p: tuple[Any, ...], label: str) -> Delivery | None:
-        """The block answer when the answer's CNAME/DNAME chain reaches a blocked name."""
+    def _cname_block(self, data: bytes, qend: int, p: tuple[Any, ...],
+                     label: str) -> tuple[bool, Delivery | None]:
+        """``(True, answer)`` when the answer's CNAME/DNAME chain reaches a blocked name (the
+        answer is None for a drop), ``(False, None)`` when the upstream's answer stands."""
+        query, q_end = p[_DATA], p[_QEND]
         try:
             targets = answer_targets(data, qend)
         except DnsFormatError as exc:
             self.stats.upstream_errors[label, "malformed"] += 1
             self.stats.malformed["dns-answer", exc.reason] += 1
-            query = p[_DATA]
-            return p[_CHAN], p[_ADDR], self.synth.bare(query, p[_QEND], Rcode.SERVFAIL, self._opt(
-                query, p[_QEND], Ede.OTHER, b"malformed upstream answer"))
+            return True, (p[_CHAN], p[_ADDR], self.synth.bare(query, q_end, Rcode.SERVFAIL, self._opt(
+                query, q_end, Ede.OTHER, b"malformed upstream answer")))
         for target in targets:
             rule = self.match(target)
-            if rule is not None and not rule.rule_class.allow:
-                query, q_end = p[_DATA], p[_QEND]
-                qtype = (query[q_end - 4] << 8) | query[q_end - 3]
-                counts = self.stats.dns_tcp if p[_TCP] else self.stats.dns_udp
-                counts[A["forward"]] -= 1  # it was counted as forwarded; it is a block now
-                resp = self._block(query, q_end, qtype, rule, True, counts)
-                if resp is None:  # drop (or tcp-only, which over TCP passes)
-                    return None if (rule.rule_class.action is Action.DROP) else (
-                        p[_CHAN], p[_ADDR], query[:2] + data[2:])
-                return p[_CHAN], p[_ADDR], resp
-        return None
+            if rule is None or rule.rule_class.allow:
+                continue
+            action = rule.rule_class.action or Action.NXDOMAIN
+            if action is Action.TCP_ONLY and p[_TCP]:
+                return False, None  # tcp-only: over TCP the chain resolves as it is
+            counts = self.stats.dns_tcp if p[_TCP] else self.stats.dns_udp
+            counts[A["forward"]] -= 1  # it was counted as forwarded; it is a block now
+            qtype = (query[q_end - 4] << 8) | query[q_end - 3]
+            resp = self._block(query, q_end, qtype, rule, p[_TCP], counts)
+            return True, (None if resp is None else (p[_CHAN], p[_ADDR], resp))
+        return False, None
 
     def _give_up(self, p: tuple[Any, ...], ede: int, text: bytes) -> Delivery:
         (self.stats.dns_tcp if p[_TCP] else self.stats.dns_udp)[A["servfail"]] += 1

@@ -83,9 +83,9 @@ def query_id(data: bytes) -> int:
     return (data[0] << 8) | data[1]
 
 
-def reply_flags(data: bytes, rcode: int, tc: bool = False) -> bytes:
-    """Flags of an answer we make: QR, the query's opcode and RD, RA, the query's CD."""
-    return bytes(((data[2] & 0x79) | 0x80 | (0x02 if tc else 0), 0x80 | (data[3] & 0x10) | rcode))
+def reply_flags(data: bytes, rcode: int, tc: bool = False, ra: int = 0x80) -> bytes:
+    """Flags of an answer we make: QR, the query's opcode and RD, ``ra``, the query's CD."""
+    return bytes(((data[2] & 0x79) | 0x80 | (0x02 if tc else 0), ra | (data[3] & 0x10) | rcode))
 
 
 def error_response(data: bytes, rcode: int) -> bytes | None:
@@ -349,17 +349,19 @@ class Synth:
                              for ip in sinkhole_aaaa)
         self.n_a = len(sinkhole_a)
         self.n_aaaa = len(sinkhole_aaaa)
+        # RA as the upstream sets it (0x80 or 0): a recursive upstream until one answers
+        self.ra = 0x80
 
     def negative(self, data: bytes, qend: int, rcode: int, opt: bytes) -> bytes:
         """NXDOMAIN or NODATA with our SOA in AUTHORITY, the question as sent."""
-        return (data[:2] + reply_flags(data, rcode) + b"\x00\x01\x00\x00\x00\x01\x00"
+        return (data[:2] + reply_flags(data, rcode, ra=self.ra) + b"\x00\x01\x00\x00\x00\x01\x00"
                 + (b"\x01" if opt else b"\x00") + data[HEADER:qend] + self.soa + opt)
 
     def records(self, data: bytes, qend: int, rrs: bytes, count: int, opt: bytes) -> bytes:
         """NOERROR with ``count`` answer records ``rrs`` (NODATA when there are none)."""
         if not count:
             return self.negative(data, qend, Rcode.NOERROR, opt)
-        return (data[:2] + reply_flags(data, Rcode.NOERROR) + b"\x00\x01"
+        return (data[:2] + reply_flags(data, Rcode.NOERROR, ra=self.ra) + b"\x00\x01"
                 + struct.pack("!HHH", count, 0, 1 if opt else 0) + data[HEADER:qend] + rrs + opt)
 
     def sinkhole(self, data: bytes, qend: int, qtype: int, opt: bytes) -> bytes:
@@ -371,7 +373,7 @@ class Synth:
 
     def bare(self, data: bytes, qend: int, rcode: int, opt: bytes, tc: bool = False) -> bytes:
         """REFUSED, SERVFAIL, or an empty TC=1 answer: the question and nothing else."""
-        return (data[:2] + reply_flags(data, rcode, tc) + b"\x00\x01\x00\x00\x00\x00\x00"
+        return (data[:2] + reply_flags(data, rcode, tc, self.ra) + b"\x00\x01\x00\x00\x00\x00\x00"
                 + (b"\x01" if opt else b"\x00") + data[HEADER:qend] + opt)
 
 
