@@ -503,7 +503,8 @@ def test_tcp_connection_limit(running_blockgate: Callable[..., Blockgate]) -> No
         held[0].sendall(frame(make_query("nx.blocked.test", "A", qid=4)))
         assert read_frame(held[0]) is not None
     # and once they are gone, new ones are accepted again
-    assert wait_for(lambda: tcp_exchange(daemon.addr, make_query("nx.blocked.test", "A", qid=5)) is not None, 3.0)
+    probe = make_query("nx.blocked.test", "A", qid=5)
+    assert wait_for(lambda: tcp_exchange(daemon.addr, probe) is not None, 3.0)
 
 
 # -- upstream failure ------------------------------------------------------------------------
@@ -674,7 +675,8 @@ MALFORMED: list[tuple[str, bytes, int | None]] = [
 
 
 @pytest.mark.parametrize(("case", "payload", "want"), MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_query_then_valid_query(bg2: Blockgate, case: str, payload: bytes, want: int | None) -> None:
+def test_malformed_query_then_valid_query(bg2: Blockgate, case: str, payload: bytes,
+                                          want: int | None) -> None:
     """Each malformed datagram gets FORMERR/NOTIMP (header only) or nothing; then a valid query
     from the same socket is answered, by whichever of the two workers the kernel picks."""
     for _ in range(6):  # new source ports: the kernel spreads them across both workers
