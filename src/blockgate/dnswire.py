@@ -101,13 +101,14 @@ def error_response(data: bytes, rcode: int) -> bytes | None:
 # -- the query fast path -----------------------------------------------------------------
 
 
-# For the fast path: length octets become dots by one ``translate``. That is exact for label
-# lengths that are not also name characters ("-", ".", digits: those names go the slow
-# way) as long as no label byte is itself one of the translated values, which the dot
-# count then shows (each such byte adds a dot).
+# For the fast path: length octets become dots, and A-Z become a-z, by one ``translate``.
+# That is exact for label lengths that are not also name characters ("-", ".", digits:
+# those names go the slow way) as long as no label byte is itself one of the translated
+# length values, which the dot count then shows (each such byte adds a dot). No length
+# value is a letter (lengths stop at 63), so the two mappings never meet.
 _SAFE_LENGTH: Final = bytes(
     1 if (1 <= b <= MAX_LABEL and b not in (45, 46) and not 48 <= b <= 57) else 0 for b in range(256))
-_LENGTHS_TO_DOTS: Final = bytes(46 if _SAFE_LENGTH[b] else b for b in range(256))
+_WIRE_TO_KEY: Final = bytes(46 if _SAFE_LENGTH[b] else b | 0x20 if 65 <= b <= 90 else b for b in range(256))
 
 
 def parse_query(data: bytes) -> tuple[bytes, int, int]:
@@ -117,7 +118,8 @@ def parse_query(data: bytes) -> tuple[bytes, int, int]:
     the root). ``qend``: offset just past QCLASS. A label holding a ``.`` byte cannot be
     told apart from two labels in dotted form, so such names are refused (``dot-in-label``).
 
-    The usual query takes one walk over the label lengths and one ``translate`` of the name;
+    The usual query takes one walk over the label lengths and one ``translate`` of the name
+    (dots and lowercase at once);
     anything unusual goes through ``_parse_query``, which says exactly what is wrong.
     raises only DnsFormatError; anything else is a bug.
     """
@@ -134,7 +136,7 @@ def parse_query(data: bytes) -> tuple[bytes, int, int]:
         except IndexError:
             return _parse_query(data)
         if not ln and i + 5 <= len(data) and i - HEADER < MAX_WIRE_NAME:
-            key = data[HEADER + 1 : i].translate(_LENGTHS_TO_DOTS).lower()
+            key = data[HEADER + 1 : i].translate(_WIRE_TO_KEY)
             if key.count(46) == k - 1 or not k:
                 return key, (data[i + 1] << 8) | data[i + 2], i + 5
     return _parse_query(data)
