@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -85,3 +86,21 @@ class Stats:
                 if n:
                     out[label, RCODE_NAMES[rcode]] = n
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMetrics:
+    """What the metrics endpoint shows about one configured source, read at scrape time.
+
+    ``rules``: rule kind (``block-exact``, ``allow-subtree``, ...) -> rules of its current
+    list. ``last_success``: wall-clock seconds (Unix time) at which its current list was
+    accepted, or None while it has none. ``fetches``: result (``ok``, ``not-modified``,
+    ``refused``, ``error``, ...) -> count since start. ``compile_seconds``: what reading,
+    parsing and compiling its current list took.
+    """
+
+    name: str
+    rules: Mapping[str, int] = field(default_factory=dict)
+    last_success: float | None = None
+    fetches: Mapping[str, int] = field(default_factory=dict)
+    compile_seconds: float = 0.0
