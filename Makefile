@@ -47,3 +47,7 @@ clean:
 
 bench-dns: $(STAMP)
 	$(PY) bench/dns.py --rounds 2 --seconds 20
+
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) scripts/gen_config_docs.py

@@ -148,7 +148,8 @@ _METRICS: Final[dict[str, Key]] = {
 }
 
 _LOG: Final[dict[str, Key]] = {
-    "level": Key("str", "info", choices=("debug", "info", "warning", "error")),
+    "level": Key("str", "info", choices=("debug", "info", "warning", "error"),
+                 doc="Least severe messages written to stderr (the journal under systemd)."),
     "decisions": Key("str", "sample", choices=("all", "sample", "off"),
                      doc="Log blocks as JSON lines: all, a rate-limited sample, or none."),
     "decisions_per_second": Key("int", 100, doc="Rate limit of the decision log."),
