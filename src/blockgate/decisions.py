@@ -39,7 +39,7 @@ BURST_SECONDS: Final = 1.0
 class DecisionLog:
     """Turns blocks into JSON lines, at most ``rate`` a second. One per worker."""
 
-    __slots__ = ("capacity", "last", "mode", "rate", "suppressed", "tokens")
+    __slots__ = ("capacity", "last", "mode", "off", "rate", "suppressed", "tokens")
 
     def __init__(self, mode: str, per_second: int) -> None:
         if mode not in MODES:
@@ -47,6 +47,7 @@ class DecisionLog:
         if per_second < 0:
             raise ValueError("per_second must not be negative")
         self.mode = mode
+        self.off = mode == "off"
         self.rate = {"all": ALL_PER_SECOND, "sample": min(per_second, ALL_PER_SECOND), "off": 0}[mode]
         self.capacity = self.rate * BURST_SECONDS
         self.tokens = self.capacity
@@ -54,23 +55,30 @@ class DecisionLog:
         self.suppressed = 0  # left out since the last line written
 
     def allow(self, now: float) -> bool:
-        """Take a token at ``now``; False (and counted in ``suppressed``) when there is none."""
+        """Take a token at ``now``; False (and counted in ``suppressed``) when there is none.
+
+        Written out flat, without helpers: under a flood it runs for every block.
+        """
+        tokens = self.tokens
         last = self.last
         # A wall clock stepped back (NTP) restarts the refill from the new time; it never
         # grants tokens for time that did not pass.
         if last is not None and now > last:
-            self.tokens = min(self.capacity, self.tokens + (now - last) * self.rate)
+            tokens += (now - last) * self.rate
+            if tokens > self.capacity:
+                tokens = self.capacity
         self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.suppressed += 1
-        return False
+        if tokens < 1.0:
+            self.tokens = tokens
+            self.suppressed += 1
+            return False
+        self.tokens = tokens - 1.0
+        return True
 
     def record(self, now: float, client: str, channel: str, name: bytes, action: str,
                rule: Rule) -> str | None:
         """The JSON line for one block, or None (mode off, or rate-limited and counted)."""
-        if self.mode == "off" or not self.allow(now):
+        if self.off or not self.allow(now):
             return None
         fields = line_fields(now, client, channel, name, action, rule)
         if self.suppressed:
