@@ -145,6 +145,10 @@ class Initial:
     token: bytes
     packet_number: int
     crypto: tuple[tuple[int, bytes], ...]  # (offset, data) of each CRYPTO frame, in packet order
+    # The keys came from this packet's own DCID although another ``first_dcid`` was given:
+    # the client started over after a Retry (RFC 9001 §5.2), so its CRYPTO stream restarts
+    # at offset 0 and later Initials use this DCID's keys.
+    rekeyed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,8 +339,8 @@ def _header(data: bytes, pos: int, walk: _Walk) -> _Header | None:
     return _Header(pos, version, kind, dcid, scid, token, pn_offset, pn_offset + length)
 
 
-def _open(data: bytes, h: _Header, first_dcid: bytes | None) -> tuple[int, bytes]:
-    """Remove header protection and decrypt: (packet number, plaintext payload).
+def _open(data: bytes, h: _Header, first_dcid: bytes | None) -> tuple[int, bytes, bool]:
+    """Remove header protection and decrypt: (packet number, plaintext payload, rekeyed).
 
     Keys come from ``first_dcid`` when given (RFC 9001 §5.2: from the DCID of the client's
     first Initial, even when later Initials carry the server's choice), else, or when those
@@ -351,7 +355,7 @@ def _open(data: bytes, h: _Header, first_dcid: bytes | None) -> tuple[int, bytes
     for dcid in dcids:
         opened = _try_open(data, h, sample, _opener(h.version, dcid))
         if opened is not None:
-            return opened
+            return opened[0], opened[1], dcid is not dcids[0]
     raise QuicFormatError("Initial packet failed authentication", "decrypt")
 
 
@@ -440,8 +444,8 @@ def _packet(data: bytes, h: _Header, walk: _Walk, first_dcid: bytes | None) -> N
     if h.kind is not _I:
         walk.other += 1
         return
-    pn, payload = _open(data, h, first_dcid)
-    walk.initials.append(Initial(h.version, h.dcid, h.scid, h.token, pn, parse_frames(payload)))
+    pn, payload, rekeyed = _open(data, h, first_dcid)
+    walk.initials.append(Initial(h.version, h.dcid, h.scid, h.token, pn, parse_frames(payload), rekeyed))
 
 
 def parse_datagram(data: bytes, first_dcid: bytes | None = None) -> Datagram:
