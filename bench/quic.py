@@ -12,7 +12,8 @@ Measured in the same process, interleaved per round, best of ``--passes`` passes
 * ``cold``: the key cache cleared before each datagram (a flow's first Initial: HKDF-Extract,
   four HKDF-Expand-Label, an AESGCM and an AES-ECB context per DCID);
 * ``bare``: only ``AESGCM.decrypt`` of the same nonces, payloads and AADs that parse_datagram
-  authenticated (recorded from the module itself during a setup pass): the floor.
+  authenticated (recorded from the module itself during a setup pass): the floor;
+* ``frames``: only ``quic.parse_frames`` of the same decrypted payloads (part of ``warm``).
 
 Also printed: the RSS growth per key cache entry, from filling the cache to KEY_CACHE_SIZE.
 
@@ -164,16 +165,25 @@ def main() -> int:
             for aead, nonce, data, aad in calls:
                 aead.decrypt(nonce, data, aad)
 
+    plaintexts = [aead.decrypt(nonce, data, aad) for aead, nonce, data, aad in calls]
+    parse_frames = quic.parse_frames
+
+    def frames() -> None:
+        for _ in reps:
+            for plain in plaintexts:
+                parse_frames(plain)
+
     n = initials * args.repeat
     print(f"{'round':>5} {'warm Initials/s':>16} {'cold Initials/s':>16} {'bare GCM/s':>12} "
-          f"{'warm us':>8} {'cold us':>8} {'bare us':>8} {'warm/bare':>9} {'cold/bare':>9}")
+          f"{'warm us':>8} {'cold us':>8} {'bare us':>8} {'frames us':>9} {'warm/bare':>9} {'cold/bare':>9}")
     for r in range(1, args.rounds + 1):
         warm()  # fills the cache for the warm passes
         tw = best_of(args.passes, warm)
         tc = best_of(args.passes, cold)
         tb = best_of(args.passes, bare)
+        tf = best_of(args.passes, frames)
         print(f"{r:>5} {n / tw:>16,.0f} {n / tc:>16,.0f} {n / tb:>12,.0f} "
-              f"{tw / n * 1e6:>8.2f} {tc / n * 1e6:>8.2f} {tb / n * 1e6:>8.2f} "
+              f"{tw / n * 1e6:>8.2f} {tc / n * 1e6:>8.2f} {tb / n * 1e6:>8.2f} {tf / n * 1e6:>9.2f} "
               f"{tw / tb:>8.1f}x {tc / tb:>8.1f}x")
     return 0
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -92,7 +92,7 @@ MAX_CRYPTO_END: Final = (1 << 62) - 1
 MAX_COALESCED: Final = 8
 # Keys per (version, DCID) kept so that a flow's later Initials cost no HKDF. A client sends
 # its Initials within a round trip; 4096 covers that window at thousands of new QUIC
-# connections per second. About 3.5 KB of RSS each, 14 MB when full (bench/quic.py).
+# connections per second. About 3.1-3.5 KB of RSS each, 13-14 MB when full (bench/quic.py).
 KEY_CACHE_SIZE: Final = 4096
 # RFC 9001 §5.4.2: the sample starts 4 bytes after the packet number's start, 16 bytes long.
 SAMPLE_OFFSET: Final = 4
@@ -275,21 +275,17 @@ def looks_like_initial(data: bytes) -> bool:
     return profile is not None and profile.types[(data[0] >> 4) & 3] in (_I, _Z)
 
 
-class _Header:
-    """A long header up to the (protected) packet number."""
+class _Header(NamedTuple):
+    """A long header up to the (protected) packet number; ``end`` is where the packet ends."""
 
-    __slots__ = ("dcid", "end", "kind", "pn_offset", "scid", "start", "token", "version")
-
-    def __init__(self, start: int, version: int, kind: PacketType, dcid: bytes, scid: bytes,
-                 token: bytes, pn_offset: int, end: int) -> None:
-        self.start = start
-        self.version = version
-        self.kind = kind
-        self.dcid = dcid
-        self.scid = scid
-        self.token = token
-        self.pn_offset = pn_offset
-        self.end = end
+    start: int
+    version: int
+    kind: PacketType
+    dcid: bytes
+    scid: bytes
+    token: bytes
+    pn_offset: int
+    end: int
 
 
 class _Walk:
