@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -47,6 +47,9 @@ clean:
 
 bench-dns: $(STAMP)
 	$(PY) bench/dns.py --rounds 2 --seconds 20
+
+bench-quic: $(STAMP)
+	$(PY) bench/quic.py
 
 .PHONY: docs
 docs: $(STAMP)
