@@ -351,3 +351,30 @@ def test_ra_follows_the_upstream() -> None:
         assert after is not None and not after[3] & 0x80
 
 
+
+
+# -- the decision log's queue ------------------------------------------------------------------
+
+
+def test_blocks_are_queued_for_the_decision_log_within_the_budget() -> None:
+    e = make_engine()
+    e.query(q("nx.test"), CLIENT, UDP, False, 0.0)
+    assert e.block_log == []  # no budget: nothing queued (the NXDOMAIN fast path)
+    e.log_budget[0] = 3
+    for name in ("nx.test", "drop.test", "sink.test", "nx.test"):
+        e.query(q(name, edns=True), CLIENT, UDP, False, 0.0)
+    assert [(c, n, a, r.source) for c, n, a, r in e.block_log] == [
+        ("127.0.0.1", b"nx.test", "nxdomain", "nx"), ("127.0.0.1", b"drop.test", "drop", "drop"),
+        ("127.0.0.1", b"sink.test", "sinkhole", "sink")]
+    assert e.log_budget == [0]
+    assert e.stats.blocks()[("dns", "nx", "")] == 3  # counted whether logged or not
+
+
+def test_cname_block_is_queued_under_the_query_name() -> None:
+    e = make_engine()
+    e.log_budget[0] = 5
+    e.query(q("Alias.OK.test"), CLIENT, UDP, False, 0.0)
+    ((_u, _t, sent),) = take_outbox(e)
+    e.answer(upstream_answer(sent, _chain("cdn.bad.test.")), 0, 0.0)
+    ((client, name, action, rule),) = e.block_log
+    assert (client, name, action, rule.pattern) == ("127.0.0.1", b"alias.ok.test", "nxdomain", "cdn.bad.test")

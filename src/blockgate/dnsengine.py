@@ -106,6 +106,9 @@ class DnsEngine:
         self._texts: dict[bytes, bytes] = {}
         # the NXDOMAIN fast path's prebuilt flags, refilled in place when the upstream's RA changes
         self._nx_flags = _nx_flags(synth.ra)
+        # The decision log's share of this worker's blocks (see ``_block``).
+        self.log_budget = [0]
+        self.block_log: list[tuple[str, bytes, str, Rule]] = []
         self._bypass = [ipaddress.ip_network(n) for n in settings.bypass]
         self._allow = [ipaddress.ip_network(n) for n in settings.allow]
         stats.set_upstreams([u.label for u in settings.upstreams])
@@ -119,7 +122,7 @@ class DnsEngine:
         soa, forward, block, malformed = self.synth.soa, self._forward, self._block, self._malformed
         a_fwd, a_nx, a_bypass = A["forward"], A["nxdomain"], A["bypass"]
         refused, new_id, inflight, outbox = self._refused, self._new_id, self.inflight, self.outbox
-        nx_flags = self._nx_flags
+        nx_flags, log_budget = self._nx_flags, self.log_budget
         timeout, limit = self.settings.timeout, self.settings.max_inflight
         nx = Action.NXDOMAIN
 
@@ -137,13 +140,13 @@ class DnsEngine:
                 if rule is not None:
                     rc = rule.rule_class
                     if not rc.allow:
-                        if rc.action is nx and not (data[10] or data[11]):
+                        if rc.action is nx and not (data[10] or data[11] or log_budget[0]):
                             # the common block: NXDOMAIN to a query without EDNS
                             counts[a_nx] += 1
                             blocked[rc.index] += 1
                             return (data[:2] + nx_flags[data[2] | ((data[3] & 0x10) << 4)]
                                     + data[HEADER:qend] + soa)
-                        resp = block(data, qend, qtype, rule, tcp, counts)
+                        resp = block(data, qend, qtype, rule, tcp, counts, addr, key)
                         if resp is not None or rc.action is not Action.TCP_ONLY or not tcp:
                             return resp
                 counts[a_fwd] += 1
@@ -201,14 +204,22 @@ class DnsEngine:
         return opt_record(do, ede, text) if has else b""
 
     def _block(self, data: bytes, qend: int, qtype: int, rule: Rule, tcp: bool,
-               counts: list[int]) -> bytes | None:
-        """The block answer for ``rule``; None for a drop, or for tcp-only over TCP."""
+               counts: list[int], addr: Any, key: bytes) -> bytes | None:
+        """The block answer for ``rule``; None for a drop, or for tcp-only over TCP.
+
+        While ``log_budget`` is above zero the block is also queued in ``block_log`` as
+        ``(client, name, action, rule)`` for the decision log (the adapter drains it and sets
+        the budget); with no budget left the common NXDOMAIN never gets here at all.
+        """
         rc: RuleClass = rule.rule_class
         action = rc.action or Action.NXDOMAIN
         if action is Action.TCP_ONLY and tcp:
             return None  # RPZ tcp-only: over TCP the name resolves normally (the caller forwards)
         counts[_ACTION_SLOT[action]] += 1
         self.stats.blocked_dns[rc.index] += 1
+        if self.log_budget[0]:
+            self.log_budget[0] -= 1
+            self.block_log.append((addr[0], key, action.config_name, rule))
         if action is Action.DROP:
             return None
         opt = b""
@@ -334,7 +345,7 @@ class DnsEngine:
             counts = self.stats.dns_tcp if p[_TCP] else self.stats.dns_udp
             counts[A["forward"]] -= 1  # it was counted as forwarded; it is a block now
             qtype = (query[q_end - 4] << 8) | query[q_end - 3]
-            resp = self._block(query, q_end, qtype, rule, p[_TCP], counts)
+            resp = self._block(query, q_end, qtype, rule, p[_TCP], counts, p[_ADDR], parse_query(query)[0])
             return True, (None if resp is None else (p[_CHAN], p[_ADDR], resp))
         return False, None
 
