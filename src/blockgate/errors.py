@@ -53,3 +53,7 @@ class ConfigError(BlockgateError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+class FeedFormatError(FormatError):
+    """A feed's side file (the SHA-256 sidecar) that does not say what it should."""
