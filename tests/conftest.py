@@ -649,3 +649,16 @@ def kdig_text(server: tuple[str, int], *args: str, timeout: float = TOOL_TIMEOUT
     cmd = [tool, f"@{server[0]}", "-p", str(server[1]), "+retry=0", "+timeout=2", *args]
     done = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return done.stdout.decode("utf-8", "replace")
+
+
+# -- HTTP list server -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def feed_server() -> Iterator[Any]:
+    """A real HTTP server on a free loopback port, scripted per path (tests/feedserver.py)."""
+    from feedserver import FeedServer
+
+    server = FeedServer().start()
+    yield server
+    server.stop()
