@@ -465,15 +465,17 @@ _configs = iter(range(1, 1 << 30))
 
 def start_blockgate(directory: Path, upstreams: Sequence[str], *,
                     sources: list[dict[str, Any]] | None = None, workers: int = 1,
-                    ipv6: bool = False, **dns: Any) -> Blockgate:
+                    ipv6: bool = False, top: dict[str, Any] | None = None, **dns: Any) -> Blockgate:
     """Write a config into ``directory``, start blockgate on a free port, wait until it serves.
 
-    ``dns`` keys override the defaults below (``timeout="0.3s"``, ``inspect_cnames=False``...).
+    ``dns`` keys override the defaults below (``timeout="0.3s"``, ``inspect_cnames=False``...);
+    ``top`` keys are top-level ones (``state_dir``, ``on_missing_list``).
     """
     port = free_port(ipv6=ipv6)
     n = next(_configs)
     config = {
-        "state_dir": str(directory / f"state-{n}"),
+        **(top or {}),
+        "state_dir": str((top or {}).get("state_dir", directory / f"state-{n}")),
         "sources": sources if sources is not None else default_sources(),
         "dns": {
             "listen": [f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else []),

@@ -133,6 +133,9 @@ class FeedServer(ThreadingHTTPServer):
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up early (a size cap, a timeout) is part of the script."""
+
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
         if self.tls is not None:

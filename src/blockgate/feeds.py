@@ -255,3 +255,91 @@ def _zip_members(m: Input, max_bytes: int) -> list[Input]:
                 for i in infos]
     except _DECODE_ERRORS as exc:
         raise ListFormatError(m.name, f"not a readable ZIP: {exc}", "bad-zip") from None
+
+
+# -- per-source state -------------------------------------------------------------------------
+
+# ``path:`` sources are looked at (one stat per file) at least this often, whatever their
+# ``refresh``: a changed local file should be in force within seconds, not half an hour.
+PATH_POLL: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What ``blockgate status`` and the metrics show of one source (wall-clock seconds)."""
+
+    name: str
+    kind: str  # "url" or "path"
+    origin: str
+    rules: int  # of the list in force (0: none)
+    in_force: bool
+    last_attempt: float | None
+    last_result: str | None  # ACCEPTED, NOT_MODIFIED, or the reason of the refusal/failure
+    last_detail: str
+    last_success: float | None  # last ACCEPTED or NOT_MODIFIED
+    accepted_at: float | None  # when the list in force was accepted
+    list_age: float | None  # seconds, at the time of the snapshot
+    etag: str | None
+    last_modified: str | None
+    sha256: str | None
+    failures: int  # in a row
+    next_attempt: float | None
+    results: tuple[tuple[str, int], ...]  # attempts by result label, for *_fetch_total
+
+
+@dataclass(slots=True)
+class InForce:
+    """The list a source serves (from the stored copy's metadata)."""
+
+    rules: int
+    accepted_at: float
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class Feed:
+    """When to try a source next, and what its tries gave. Times are passed in: ``mono``
+    (monotonic, for scheduling) and ``wall`` (for display)."""
+
+    def __init__(self, name: str, kind: str, origin: str, refresh: float) -> None:
+        self.name = name
+        self.kind = kind
+        self.origin = origin
+        self.interval = min(refresh, PATH_POLL) if kind == "path" else refresh
+        self.due = 0.0  # monotonic: at once
+        self.due_wall: float | None = None
+        self.failures = 0
+        self.results: dict[str, int] = {}
+        self.last_attempt: float | None = None
+        self.last_result: str | None = None
+        self.last_detail = ""
+        self.last_success: float | None = None
+        self.in_force: InForce | None = None
+
+    def done(self, result: str, detail: str, mono: float, wall: float, jitter: float) -> float:
+        """Record one try; returns the delay until the next one."""
+        self.results[result] = self.results.get(result, 0) + 1
+        self.last_attempt, self.last_result, self.last_detail = wall, result, detail
+        if result in (ACCEPTED, NOT_MODIFIED):
+            self.failures = 0
+            self.last_success = wall
+            delay = self.interval
+        else:
+            self.failures += 1
+            delay = retry_delay(self.failures, self.interval, jitter)
+        self.due, self.due_wall = mono + delay, wall + delay
+        return delay
+
+    def now(self, mono: float) -> None:
+        """Try again at once (a reload)."""
+        self.due = mono
+
+    def state(self, wall: float) -> SourceState:
+        f = self.in_force
+        return SourceState(
+            self.name, self.kind, self.origin, f.rules if f else 0, f is not None,
+            self.last_attempt, self.last_result, self.last_detail, self.last_success,
+            f.accepted_at if f else None, max(0.0, wall - f.accepted_at) if f else None,
+            f.etag if f else None, f.last_modified if f else None, f.sha256 if f else None,
+            self.failures, self.due_wall, tuple(sorted(self.results.items())))
