@@ -25,9 +25,13 @@ from blockgate import lists
 from blockgate.errors import FeedFormatError, ListFormatError
 from blockgate.feeds import (
     ACCEPTED,
+    NOT_MODIFIED,
+    PATH_POLL,
     RETRY_CAP,
     RETRY_FIRST,
     Candidate,
+    Feed,
+    InForce,
     Limits,
     Validators,
     conditional_headers,
@@ -265,3 +269,39 @@ def test_decoded_size_is_capped() -> None:
 def test_random_bodies_raise_only_list_format_error(data: bytes, fmt: str, magic: bytes) -> None:
     with contextlib.suppress(ListFormatError):
         parse_body(fmt, magic + data)
+
+
+# -- per-source state ------------------------------------------------------------------------------
+
+
+def test_feed_schedule_successes_failures_and_counts() -> None:
+    f = Feed("reg", "url", "https://x/dump.zip", refresh=1800.0)
+    assert f.due == 0.0  # at once
+    assert f.done(ACCEPTED, "10 rules", mono=100.0, wall=5000.0, jitter=0.5) == 1800.0
+    assert (f.due, f.due_wall, f.failures, f.last_success) == (1900.0, 6800.0, 0, 5000.0)
+    delays = [f.done("http-500", "HTTP 500", mono=200.0 + i, wall=6000.0 + i, jitter=1.0) for i in range(4)]
+    assert delays == [RETRY_FIRST, 2 * RETRY_FIRST, 4 * RETRY_FIRST, 8 * RETRY_FIRST]
+    assert f.failures == 4 and f.last_success == 5000.0
+    assert f.done(NOT_MODIFIED, "304", mono=300.0, wall=7000.0, jitter=0.0) == 1800.0
+    assert f.failures == 0 and f.last_success == 7000.0
+    f.in_force = InForce(10, 4000.0, SHA, '"e"', None)
+    st = f.state(wall=7100.0)
+    assert (st.rules, st.in_force, st.list_age, st.etag, st.sha256) == (10, True, 3100.0, '"e"', SHA)
+    assert (st.last_result, st.last_detail, st.next_attempt) == (NOT_MODIFIED, "304", 8800.0)
+    assert st.results == ((ACCEPTED, 1), ("http-500", 4), (NOT_MODIFIED, 1))
+    f.now(mono=350.0)
+    assert f.due == 350.0
+
+
+def test_path_feeds_are_looked_at_every_few_seconds() -> None:
+    assert Feed("l", "path", "/srv/l.txt", refresh=1800.0).interval == PATH_POLL
+    assert Feed("l", "path", "/srv/l.txt", refresh=0.5).interval == 0.5
+    assert Feed("u", "url", "http://x/", refresh=1800.0).interval == 1800.0
+    f = Feed("l", "path", "/srv/l.txt", refresh=1800.0)
+    assert f.done("missing", "no such file", 0.0, 0.0, 1.0) == PATH_POLL  # retries never wait longer
+
+
+def test_state_without_a_list() -> None:
+    st = Feed("u", "url", "http://x/", 60.0).state(wall=1.0)
+    assert (st.in_force, st.rules, st.list_age, st.accepted_at, st.last_attempt, st.results) == \
+        (False, 0, None, None, None, ())

@@ -265,6 +265,33 @@ def test_restart_with_the_server_down_serves_the_stored_copy(tmp_path: Path, kno
         check_stopped(again)
 
 
+def test_sigkill_mid_download_then_restart_serves_the_stored_copy(tmp_path: Path, knot: Knot) -> None:
+    server = FeedServer().start()
+    registry = Registry(server)
+    registry.publish(GOOD["A"])
+    state = tmp_path / "state"
+    source = registry.source(refresh="0.2s", timeout="30s")
+    bg = start_blockgate(tmp_path, [knot.upstream], sources=[source], top={"state_dir": str(state)})
+    assert in_force(bg) == "A"
+    registry.publish(zipped({"dump.xml": dump_xml(LIST_B + names("big", 3000))}), fault="stall")
+    copies = state / "sources" / "registry"
+
+    def downloading() -> bool:
+        return server.partial_sent > 0 and any(n.startswith("tmp-") for n in os.listdir(copies))
+
+    assert wait_for(downloading, 10)
+    os.killpg(bg.proc.pid, signal.SIGKILL)  # the supervisor and its workers, mid-download
+    bg.proc.wait(5)
+    server.stop()
+    again = start_blockgate(tmp_path, [knot.upstream], sources=[source], top={"state_dir": str(state)})
+    try:
+        assert in_force(again) == "A"
+        assert not any(n.startswith("tmp-") for n in os.listdir(copies))  # the partial body is gone
+        assert source_state(again)["rules"] == len(LIST_A)
+    finally:
+        check_stopped(again)
+
+
 def test_no_stored_copy_and_no_network(tmp_path: Path, knot: Knot) -> None:
     """on_missing_list serve (default): the other sources are served and the source retried;
     refuse: exit non-zero with the reason."""
