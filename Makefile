@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-reload clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -47,3 +47,6 @@ clean:
 
 bench-dns: $(STAMP)
 	$(PY) bench/dns.py --rounds 2 --seconds 20
+
+bench-reload: $(STAMP)
+	$(PY) bench/reload.py --rate 20000 --seconds 30

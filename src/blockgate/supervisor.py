@@ -44,7 +44,7 @@ from blockgate.config import Config, SourceConfig, load
 from blockgate.engine import LoadedSource, RuleSet
 from blockgate.errors import ConfigError, ListFormatError
 from blockgate.feeds import SourceState
-from blockgate.sources import Sources
+from blockgate.sources import Sources, background
 from blockgate.stats import Stats
 from blockgate.workers import Slot, Worker, open_slots, serve_slot
 
@@ -142,6 +142,7 @@ class Supervisor:
         self.respawn: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.swap = Swap()
+        self.in_force = (0, 0)  # rules and names of the rule set served
         self.reloads = Reloads()
         self.started = time.time()
         self.announced = False
@@ -167,11 +168,10 @@ class Supervisor:
         return self.sources.states()
 
     def status(self) -> dict[str, Any]:
-        rs = self.ruleset
         return {
             "version": __version__, "pid": os.getpid(), "config": self.config_path, "now": time.time(),
             "started_at": self.started, "generation": self.generation,
-            "rules": rs.rules if rs else 0, "names": rs.matcher.names if rs else 0,
+            "rules": self.in_force[0], "names": self.in_force[1],
             "building": self.building, "listen": self.listen,
             "workers": [{"pid": w.pid, "slot": w.slot, "generation": w.generation, "state": w.state}
                         for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.generation))],
@@ -204,6 +204,7 @@ class Supervisor:
             log.error("cannot listen on %s: %s", ", ".join(self.listen), exc)
             return 1
         self._open_control()
+        gc.collect()
         self._fork_generation()
         return None
 
@@ -288,6 +289,8 @@ class Supervisor:
                 self.sources.fetched(*event[1:])
             elif event[0] == "built":
                 self._built(*event[1:])
+            elif event[0] == "released":
+                self._released(*event[1:])
 
     def _on_control(self) -> None:
         if self.control is not None:
@@ -306,6 +309,7 @@ class Supervisor:
         sources, stored, fresh = self.sources.take()
 
         def run() -> None:
+            background()  # off the serving path, also for the CPU
             t0 = time.perf_counter()
             try:
                 ruleset: RuleSet | None = compile_stored(sources, stored, fresh)
@@ -317,15 +321,30 @@ class Supervisor:
         threading.Thread(target=run, name="compile", daemon=True).start()
 
     def _built(self, ruleset: RuleSet | None, seconds: float) -> None:
-        self.building = False
         if ruleset is None or self.stopping:
+            self.building = False
             return
         # Drop the rules in force before forking: a process forked while this one still
-        # holds them would keep their pages alive for its whole life.
-        self.ruleset = None
-        gc.unfreeze()  # what the last fork froze, so that its cycles (if any) go too
-        gc.collect()
-        malloc_trim()
+        # holds them would keep their pages alive for its whole life. Freeing ~100 MB of
+        # objects takes a while (every page is touched, and first copied, as it is shared
+        # with the old workers): a background thread does it, then the loop forks.
+        box, self.ruleset = [self.ruleset], None
+
+        def release() -> None:
+            background()
+            victim = box.pop()
+            del victim
+            gc.unfreeze()  # what the last fork froze, so that its cycles (if any) go too
+            gc.collect()
+            malloc_trim()
+            self._wake("released", ruleset, seconds)
+
+        threading.Thread(target=release, name="release", daemon=True).start()
+
+    def _released(self, ruleset: RuleSet, seconds: float) -> None:
+        self.building = False
+        if self.stopping:
+            return
         self.ruleset = ruleset
         self._note_loaded(ruleset, seconds)
         self._fork_generation()
@@ -335,11 +354,11 @@ class Supervisor:
             if ls.error and self.sources.stored.get(ls.config.name) is not None:
                 log.error("source %s: the stored copy does not load: %s", ls.config.name, ls.error)
         self.swap.compile_seconds = seconds
+        self.in_force = (ruleset.rules, ruleset.matcher.names)
         log.info("%d rules on %d names from %d sources, compiled in %.2f s",
                  ruleset.rules, ruleset.matcher.names, len(ruleset.loaded), seconds)
 
     def _fork_generation(self) -> None:
-        gc.collect()
         gc.freeze()  # the rules stay in pages shared with the workers
         self.generation += 1
         self.swap.generation, self.swap.forked = self.generation, time.monotonic()
