@@ -292,6 +292,28 @@ def test_sigkill_mid_download_then_restart_serves_the_stored_copy(tmp_path: Path
         check_stopped(again)
 
 
+def test_a_damaged_stored_copy_is_not_served(tmp_path: Path, knot: Knot) -> None:
+    server = FeedServer().start()
+    registry = Registry(server)
+    registry.publish(GOOD["A"])
+    state = tmp_path / "state"
+    first = start_blockgate(tmp_path, [knot.upstream], sources=[registry.source()],
+                            top={"state_dir": str(state)})
+    check_stopped(first)
+    server.stop()
+    copies = state / "sources" / "registry"
+    body = next(p for p in copies.iterdir() if p.name.endswith(".0"))
+    body.write_bytes(body.read_bytes()[:-10])  # a disk fault: the metadata no longer matches
+    again = start_blockgate(tmp_path, [knot.upstream], sources=[registry.source()],
+                            top={"state_dir": str(state)})
+    try:
+        assert "source registry: the stored copy in " in again.log_text()
+        assert not source_state(again)["in_force"]
+        assert rcode(again, "www.example.test") == "NOERROR"
+    finally:
+        check_stopped(again)
+
+
 def test_no_stored_copy_and_no_network(tmp_path: Path, knot: Knot) -> None:
     """on_missing_list serve (default): the other sources are served and the source retried;
     refuse: exit non-zero with the reason."""

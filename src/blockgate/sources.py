@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from blockgate.adapters.fetch import Outcome, Store, Stored, update
+from blockgate.adapters.fetch import META, Outcome, Store, Stored, update
 from blockgate.config import Config, SourceConfig
 from blockgate.feeds import NOT_MODIFIED, Feed, InForce, SourceState
 from blockgate.lists.base import ParsedList
@@ -103,6 +103,9 @@ class Sources:
         for src in self.config.sources:
             self.store.clean(src.name)
             copy = self.store.load(src.name)
+            if copy is None and os.path.exists(os.path.join(self.store.root, src.name, META)):
+                log.warning("source %s: the stored copy in %s does not match its metadata; ignored",
+                            src.name, self.store.root)
             self.set_stored(src.name, copy)
             if src.path is not None or copy is None:
                 pending.append(src)
