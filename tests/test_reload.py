@@ -36,6 +36,7 @@ from conftest import (
     Knot,
     alive,
     check_stopped,
+    children,
     dig,
     start_blockgate,
     wait_for,
@@ -190,11 +191,12 @@ def test_not_modified_recompiles_nothing(bg: Blockgate, registry: Registry) -> N
     registry.publish(GOOD[good])
     assert wait_for(lambda: source_state(bg)["last_result"] == "not-modified", 10)
     doc = status(bg)
-    generation, pids = doc["generation"], bg.worker_pids()
+    generation, pids = doc["generation"], [w["pid"] for w in doc["workers"]]
     seen = results(bg)["not-modified"]
     assert wait_for(lambda: results(bg)["not-modified"] >= seen + 3, 10)
     assert status(bg)["generation"] == generation
-    assert bg.worker_pids() == pids
+    assert [w["pid"] for w in status(bg)["workers"]] == pids  # no worker was replaced
+    assert children(bg.proc.pid) == pids
     sent = registry.server.requests_for("/dump.zip")[-1].headers
     assert sent["if-none-match"] == source_state(bg)["etag"]
     assert in_force(bg) == good

@@ -10,6 +10,7 @@ compile until each has been tried (``waiting``), so a reload compiles once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -18,8 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from blockgate.adapters.fetch import META, Outcome, Store, Stored, update
+from blockgate.adapters.fetch import META, Outcome, Store, Stored, parse_members, update
 from blockgate.config import Config, SourceConfig
+from blockgate.engine import LoadedSource, RuleSet
+from blockgate.errors import ListFormatError
 from blockgate.feeds import NOT_MODIFIED, Feed, InForce, SourceState
 from blockgate.lists.base import ParsedList
 from blockgate.status import age
@@ -207,3 +210,30 @@ class Sources:
         now = time.time()
         with self.lock:
             return [f.state(now) for f in self.feeds.values()]
+
+
+def compile_stored(sources: tuple[SourceConfig, ...], stored: dict[str, Stored | None],
+                   fresh: dict[str, Any]) -> RuleSet:
+    """A RuleSet from the copies in force (``fresh``: sources already parsed, by name)."""
+    loaded = []
+    for src in sources:
+        ls = LoadedSource(src)
+        t0 = time.perf_counter()
+        if src.name in fresh:
+            ls.parsed = fresh[src.name]
+        elif (copy := stored.get(src.name)) is not None:
+            try:
+                ls.parsed = parse_members(src, copy.files())
+            except ListFormatError as exc:  # a copy this version cannot read: a bug, reported
+                ls.error = str(exc)
+        else:
+            ls.error = "no list yet"
+        ls.seconds = time.perf_counter() - t0
+        loaded.append(ls)
+    return RuleSet(loaded)
+
+
+def malloc_trim() -> None:
+    """Give freed heap pages back to the kernel (glibc keeps them otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

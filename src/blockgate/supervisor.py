@@ -24,7 +24,6 @@ One worker is a supervisor with one slot: the same code path.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -39,12 +38,12 @@ from typing import Any, Final
 
 from blockgate import __version__
 from blockgate.adapters.control import STATUS_SOCKET, Channel, ControlServer
-from blockgate.adapters.fetch import Store, Stored, parse_members
-from blockgate.config import Config, SourceConfig, load
-from blockgate.engine import LoadedSource, RuleSet
-from blockgate.errors import ConfigError, ListFormatError
+from blockgate.adapters.fetch import Store
+from blockgate.config import Config, load
+from blockgate.engine import RuleSet
+from blockgate.errors import ConfigError
 from blockgate.feeds import SourceState
-from blockgate.sources import Sources, background
+from blockgate.sources import Sources, background, compile_stored, malloc_trim
 from blockgate.stats import Stats
 from blockgate.workers import Slot, Worker, open_slots, serve_slot
 
@@ -65,27 +64,6 @@ TICK: Final = 0.5
 MAX_FAILURES: Final = 5
 
 
-def compile_stored(sources: tuple[SourceConfig, ...], stored: dict[str, Stored | None],
-                   fresh: dict[str, Any]) -> RuleSet:
-    """A RuleSet from the copies in force (``fresh``: sources already parsed, by name)."""
-    loaded = []
-    for src in sources:
-        ls = LoadedSource(src)
-        t0 = time.perf_counter()
-        if src.name in fresh:
-            ls.parsed = fresh[src.name]
-        elif (copy := stored.get(src.name)) is not None:
-            try:
-                ls.parsed = parse_members(src, copy.files())
-            except ListFormatError as exc:  # a copy this version cannot read: a bug, reported
-                ls.error = str(exc)
-        else:
-            ls.error = "no list yet"
-        ls.seconds = time.perf_counter() - t0
-        loaded.append(ls)
-    return RuleSet(loaded)
-
-
 def load_config(path: str) -> Config:
     """raises ConfigError with every located problem."""
     try:
@@ -96,12 +74,6 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
     return load(text, file=path, base=os.path.dirname(os.path.abspath(path)))
-
-
-def malloc_trim() -> None:
-    """Give freed heap pages back to the kernel (glibc keeps them otherwise)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(slots=True)
