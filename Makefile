@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-reload clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -54,3 +54,6 @@ bench-quic: $(STAMP)
 .PHONY: docs
 docs: $(STAMP)
 	$(PY) scripts/gen_config_docs.py
+
+bench-reload: $(STAMP)
+	$(PY) bench/reload.py --rate 20000 --seconds 30

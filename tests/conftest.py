@@ -465,15 +465,17 @@ _configs = iter(range(1, 1 << 30))
 
 def start_blockgate(directory: Path, upstreams: Sequence[str], *,
                     sources: list[dict[str, Any]] | None = None, workers: int = 1,
-                    ipv6: bool = False, **dns: Any) -> Blockgate:
+                    ipv6: bool = False, top: dict[str, Any] | None = None, **dns: Any) -> Blockgate:
     """Write a config into ``directory``, start blockgate on a free port, wait until it serves.
 
-    ``dns`` keys override the defaults below (``timeout="0.3s"``, ``inspect_cnames=False``...).
+    ``dns`` keys override the defaults below (``timeout="0.3s"``, ``inspect_cnames=False``...);
+    ``top`` keys are top-level ones (``state_dir``, ``on_missing_list``).
     """
     port = free_port(ipv6=ipv6)
     n = next(_configs)
     config = {
-        "state_dir": str(directory / f"state-{n}"),
+        **(top or {}),
+        "state_dir": str((top or {}).get("state_dir", directory / f"state-{n}")),
         "sources": sources if sources is not None else default_sources(),
         "dns": {
             "listen": [f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else []),
@@ -649,3 +651,16 @@ def kdig_text(server: tuple[str, int], *args: str, timeout: float = TOOL_TIMEOUT
     cmd = [tool, f"@{server[0]}", "-p", str(server[1]), "+retry=0", "+timeout=2", *args]
     done = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return done.stdout.decode("utf-8", "replace")
+
+
+# -- HTTP list server -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def feed_server() -> Iterator[Any]:
+    """A real HTTP server on a free loopback port, scripted per path (tests/feedserver.py)."""
+    from feedserver import FeedServer
+
+    server = FeedServer().start()
+    yield server
+    server.stop()

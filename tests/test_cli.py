@@ -126,4 +126,10 @@ def test_lookup_reports_registry_record_and_decision(tmp_path: Path) -> None:
     assert li["decision"]["number"] == "2-3491/2016"
     assert got["pontorez.com"]["verdict"] == "pass"  # an http:// URL record blocks no name
     r = blockgate("compile", "-c", str(cfg), "--issues")
-    assert "zi-dump-2018-mid-sample.csv:1769: ip-literal" in r.stdout
+    # 47 rows list an address in the domain field: counted, not issues
+    assert "ip-domain 47" in r.stdout and "issues:" not in r.stdout
+    (tmp_path / "bad.txt").write_text("good.example\nexa mple.com\n")
+    with cfg.open("a") as f:
+        f.write(f"  - {{name: local, format: domains, path: '{tmp_path / 'bad.txt'}'}}\n")
+    r = blockgate("compile", "-c", str(cfg), "--issues")
+    assert "bad.txt:2: bad-character" in r.stdout

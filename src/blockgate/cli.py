@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from blockgate import __version__
+from blockgate.adapters.control import STATUS_SOCKET, request
 from blockgate.config import Config, load
 from blockgate.daemon import build_ruleset, run, setup_logging
 from blockgate.domain import to_unicode
 from blockgate.engine import Engine, LoadedSource, Lookup
 from blockgate.errors import ConfigError
+from blockgate.status import print_status
 
 EXIT_OK = 0
 EXIT_SOURCE_FAILED = 1
@@ -151,7 +153,22 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     config = read_config(args.config)
     setup_logging(str(config.log["level"]))
-    return run(config)
+    return run(config, args.config)
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    path = os.path.join(config.state_dir, STATUS_SOCKET)
+    try:
+        doc = request(path)
+    except (OSError, ValueError) as exc:
+        print(f"blockgate is not running ({path}: {exc})", file=sys.stderr)
+        return EXIT_SOURCE_FAILED
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=1), file=out)
+    else:
+        print_status(doc, out)
+    return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
@@ -181,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_lookup)
     p = with_config("run", "Serve DNS (and SNI enforcement) with the configured rules.")
     p.set_defaults(func=cmd_run)
+    p = with_config("status", "Ask the running daemon: each source, its list in force, its last tries.")
+    p.add_argument("--json", action="store_true", help="the daemon's status document as it is")
+    p.set_defaults(func=cmd_status)
     p = with_config("check-config", "Validate the configuration; exit 2 with located errors.")
     p.set_defaults(func=cmd_check_config)
     return ap

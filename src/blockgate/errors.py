@@ -53,3 +53,12 @@ class ConfigError(BlockgateError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+class FeedFormatError(FormatError):
+    """A feed's side file (the SHA-256 sidecar) that does not say what it should."""
+
+
+class FetchError(BlockgateError):
+    """A download that did not give a body: ``reason`` is ``http-404``, ``timeout``,
+    ``connection-reset``, ``truncated``, ``too-large``, ``tls``... (a metric label)."""

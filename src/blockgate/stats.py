@@ -63,6 +63,36 @@ class Stats:
         self.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.upstream_latency_sum[upstream] += seconds
 
+    def merge(self, other: Stats) -> Stats:
+        """Add every counter of ``other`` (another worker's, or a retired one's) to this one.
+
+        Per-class DNS blocks arrive folded into ``blocked`` (classes differ between rule
+        sets); upstreams are matched by label (a reload may change them). Returns self.
+        """
+        for mine, theirs in ((self.dns_udp, other.dns_udp), (self.dns_tcp, other.dns_tcp)):
+            for i, n in enumerate(theirs):
+                mine[i] += n
+        self.blocked.update(other.blocks())
+        self.malformed.update(other.malformed)
+        for j, label in enumerate(other.upstreams):
+            if label in self.upstreams:
+                i = self.upstreams.index(label)
+            else:
+                i = len(self.upstreams)
+                self.upstreams.append(label)
+                self.upstream_rcodes.append(_slots(16))
+                self.upstream_latency.append(_slots(len(LATENCY_BUCKETS) + 1))
+                self.upstream_latency_sum.append(0.0)
+            for k, n in enumerate(other.upstream_rcodes[j]):
+                self.upstream_rcodes[i][k] += n
+            for k, n in enumerate(other.upstream_latency[j]):
+                self.upstream_latency[i][k] += n
+            self.upstream_latency_sum[i] += other.upstream_latency_sum[j]
+        self.upstream_errors.update(other.upstream_errors)
+        self.sni_flows.update(other.sni_flows)
+        self.internal_errors += other.internal_errors
+        return self
+
     # -- reading ----------------------------------------------------------------------------
     def dns_queries(self) -> Counter[tuple[str, str]]:
         out: Counter[tuple[str, str]] = Counter()

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from blockgate.engine import Delivery, DnsEngine
@@ -33,11 +33,28 @@ MAX_UDP: Final = 65535
 EXPIRE_EVERY: Final = 0.05
 # Internal errors are logged at most this often (they are always counted).
 LOG_EVERY: Final = 10.0
+# Receive buffer of every UDP socket (clients and upstreams): ~4,000 queries, 200 ms at
+# 20,000 QPS, so a worker that loses its CPU for a moment (a rule-set swap on the same core,
+# a noisy host) finds the queries queued, not dropped; the default (net.core.rmem_default,
+# 208 KiB) overflowed in 14 ms in bench/reload.py. Unbound's so-rcvbuf advice is 4m too.
+# Without CAP_NET_ADMIN the kernel caps it at net.core.rmem_max.
+UDP_RCVBUF: Final = 4 << 20
+SO_RCVBUFFORCE: Final[int] = getattr(socket, "SO_RCVBUFFORCE", 33)  # socket(7), Linux
+# A draining worker waits for its last upstream answers at most the failover time plus this.
+DRAIN_SLACK: Final = 0.5
+
+
+def receive_buffer(s: socket.socket, size: int = UDP_RCVBUF) -> None:
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)  # beyond rmem_max: root only
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
+    receive_buffer(s)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if fam == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -63,6 +80,7 @@ def upstream_udp(host: str, port: int) -> socket.socket:
     """A connected UDP socket: the kernel drops datagrams from any other address."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
+    receive_buffer(s)
     s.connect((host, port))
     s.setblocking(False)
     return s
@@ -153,14 +171,24 @@ class DnsServer:
     # -- setup ---------------------------------------------------------------------------
     def bind(self) -> None:
         """Bind every listen address (UDP and TCP) and connect the upstream sockets."""
+        udp, tcp = [], []
         for host, port in self.listen:
-            self.udp.append(bind_udp(host, port))
-            self.tcp.append(bind_tcp(host, port))
+            udp.append(bind_udp(host, port))
+            tcp.append(bind_tcp(host, port))
+        self.adopt(udp, tcp)
+
+    def adopt(self, udp: Sequence[socket.socket], tcp: Sequence[socket.socket]) -> None:
+        """Serve client sockets bound elsewhere (by the supervisor, which keeps them open
+        across worker generations); connect the upstream sockets."""
+        self.udp, self.tcp = list(udp), list(tcp)
         for i, up in enumerate(self.engine.settings.upstreams):
             self.usocks.append(upstream_udp(up.host, up.port))
             self.utcp.append(UpstreamTcp(self, i, up.host, up.port))
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def serve(self, stop: asyncio.Event, drain: asyncio.Event | None = None,
+                    ready: Callable[[], None] | None = None) -> None:
+        """Serve until ``stop``; or, once ``drain`` is set, stop taking client queries, finish
+        those sent upstream, and return. ``ready`` is called once every socket is read."""
         loop = asyncio.get_running_loop()
         for s in self.udp:
             loop.add_reader(s.fileno(), self._udp_ready, s)
@@ -168,18 +196,41 @@ class DnsServer:
             loop.add_reader(u.fileno(), self._upstream_ready, i, u)
         servers = [await asyncio.start_server(self._tcp_client, sock=s) for s in self.tcp]
         expiry = loop.create_task(self._expire_loop())
+        if ready is not None:
+            ready()
         try:
-            await stop.wait()
+            waits = [loop.create_task(e.wait()) for e in (stop, drain) if e is not None]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if not stop.is_set():
+                await self._drain(servers, stop)
         finally:
             expiry.cancel()
             for s in self.udp + self.usocks:
-                loop.remove_reader(s.fileno())
-                s.close()
+                if s.fileno() >= 0:
+                    loop.remove_reader(s.fileno())
+                    s.close()
             for srv in servers:
                 srv.close()
             for up in self.utcp:
                 if up.writer is not None:
                     up.writer.close()
+
+    async def _drain(self, servers: list[asyncio.Server], stop: asyncio.Event) -> None:
+        """Leave the client sockets to the next worker: what is queued in them stays there
+        for it. Queries already sent upstream are answered (or fail over and time out)
+        within ``timeout`` per upstream."""
+        loop = asyncio.get_running_loop()
+        for s in self.udp:
+            loop.remove_reader(s.fileno())
+        for srv in servers:
+            srv.close()  # this process's handle only: the supervisor's stays open
+        settings = self.engine.settings
+        deadline = time.monotonic() + settings.timeout * max(1, len(settings.upstreams)) + DRAIN_SLACK
+        while (self.engine.inflight or self.engine.outbox) and not stop.is_set() \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(EXPIRE_EVERY / 5)
 
     # -- UDP -----------------------------------------------------------------------------
     def _udp_ready(self, sock: socket.socket) -> None:
