@@ -72,8 +72,9 @@ EXPECTED = [
     ("blockgate_source_fetch_total", {"source": "registry", "result": "not-modified"}, 10),
     ("blockgate_source_fetch_total", {"source": "registry", "result": "refused"}, 1),
     ("blockgate_source_fetch_total", {"source": "local", "result": "error"}, 3),
-    ("blockgate_ruleset_compile_seconds", {"source": "registry"}, 1.25),
-    ("blockgate_ruleset_compile_seconds", {"source": "local"}, 0.01),
+    ("blockgate_source_load_seconds", {"source": "registry"}, 1.25),
+    ("blockgate_source_load_seconds", {"source": "local"}, 0.01),
+    ("blockgate_ruleset_compile_seconds", {}, 2.5),
     ("blockgate_build_info", {"version": __version__}, 1),
 ]
 
@@ -93,7 +94,8 @@ def test_sample_values(busy: Scrape, name: str, labels: dict[str, str], value: f
 EXACT_LABEL_SETS = ["blockgate_upstream_responses_total", "blockgate_upstream_errors_total",
                     "blockgate_sni_flows_total", "blockgate_malformed_total", "blockgate_rules",
                     "blockgate_source_last_success_timestamp_seconds", "blockgate_source_fetch_total",
-                    "blockgate_ruleset_compile_seconds", "blockgate_build_info"]
+                    "blockgate_source_load_seconds", "blockgate_ruleset_compile_seconds",
+                    "blockgate_build_info"]
 
 
 @pytest.mark.parametrize("name", EXACT_LABEL_SETS)
@@ -310,6 +312,7 @@ dns:
         ("blockgate_upstream_latency_seconds_count", frozenset({("upstream", "127.0.0.1:53")})): 1,
         ("blockgate_malformed_total", frozenset({("channel", "dns"), ("reason", "short")})): 1,
         ("blockgate_rules", frozenset({("source", "reg"), ("kind", "block-exact")})): 1,
+        ("blockgate_ruleset_compile_seconds", frozenset()): 2.5,  # scrape.COMPILE_SECONDS
         ("blockgate_build_info", frozenset({("version", __version__)})): 1,
     }
     assert s.value("blockgate_upstream_latency_seconds_bucket", upstream="127.0.0.1:53", le="0.0025") == 0

@@ -125,12 +125,12 @@ class SourceMetrics:
     ``rules``: rule kind (``block-exact``, ``allow-subtree``, ...) -> rules of its current
     list. ``last_success``: wall-clock seconds (Unix time) at which its current list was
     accepted, or None while it has none. ``fetches``: result (``ok``, ``not-modified``,
-    ``refused``, ``error``, ...) -> count since start. ``compile_seconds``: what reading,
-    parsing and compiling its current list took.
+    ``refused``, ``error``, ...) -> count since start. ``load_seconds``: what reading and
+    parsing its current list took.
     """
 
     name: str
     rules: Mapping[str, int] = field(default_factory=dict)
     last_success: float | None = None
     fetches: Mapping[str, int] = field(default_factory=dict)
-    compile_seconds: float = 0.0
+    load_seconds: float = 0.0

@@ -42,6 +42,7 @@ log = logging.getLogger("blockgate.metrics")
 
 Totals = Callable[[], Stats]
 Sources = Callable[[], Sequence[SourceMetrics]]
+Seconds = Callable[[], float]
 
 # A failing provider is logged at most once per this many seconds (with how many more
 # failed meanwhile): Prometheus scrapes every 15-60 s, so a broken provider writes a line
@@ -62,9 +63,11 @@ class BlockgateCollector:
     ``blockgate_internal_errors_total`` of the next good scrape.
     """
 
-    def __init__(self, totals: Totals, sources: Sources, version: str = __version__) -> None:
+    def __init__(self, totals: Totals, sources: Sources, version: str = __version__,
+                 compile_seconds: Seconds | None = None) -> None:
         self.totals = totals
         self.sources = sources
+        self.compile_seconds = compile_seconds
         self.version = version
         self.failures = 0
         self._lock = threading.Lock()  # scrapes may run in parallel request threads
@@ -75,6 +78,7 @@ class BlockgateCollector:
         try:
             stats = self.totals()
             sources = list(self.sources())
+            compiled = self.compile_seconds() if self.compile_seconds is not None else 0.0
         except Exception:
             self._failed()
             raise
@@ -82,6 +86,8 @@ class BlockgateCollector:
         yield from upstream_families(stats)
         yield from error_families(stats, self.failures)
         yield from source_families(sources)
+        yield GaugeMetricFamily("blockgate_ruleset_compile_seconds", "Seconds the rule set in force "
+                                "took to compile from every source's list.", value=compiled)
         info = GaugeMetricFamily("blockgate_build_info", "The running blockgate version (always 1).",
                                  labels=["version"])
         info.add_metric([self.version], 1.0)
@@ -163,8 +169,8 @@ def source_families(sources: Iterable[SourceMetrics]) -> Iterator[Metric]:
                              labels=["source"])
     fetches = CounterMetricFamily("blockgate_source_fetch", "Fetches of the source by result.",
                                   labels=["source", "result"])
-    compile_s = GaugeMetricFamily("blockgate_ruleset_compile_seconds", "Seconds the source's current "
-                                  "list took to read, parse and compile.", labels=["source"])
+    load_s = GaugeMetricFamily("blockgate_source_load_seconds", "Seconds the source's current list "
+                               "took to read and parse.", labels=["source"])
     for src in sources:
         for kind, n in sorted(src.rules.items()):
             rules.add_metric([src.name, kind], n)
@@ -172,8 +178,8 @@ def source_families(sources: Iterable[SourceMetrics]) -> Iterator[Metric]:
             last.add_metric([src.name], src.last_success)
         for result, n in sorted(src.fetches.items()):
             fetches.add_metric([src.name, result], n)
-        compile_s.add_metric([src.name], src.compile_seconds)
-    yield from (rules, last, fetches, compile_s)
+        load_s.add_metric([src.name], src.load_seconds)
+    yield from (rules, last, fetches, load_s)
 
 
 def _add(family: CounterMetricFamily, counts: Any) -> None:
@@ -182,11 +188,11 @@ def _add(family: CounterMetricFamily, counts: Any) -> None:
 
 
 def make_registry(totals: Totals, sources: Sources, version: str = __version__,
-                  proc: str = "/proc") -> CollectorRegistry:
+                  proc: str = "/proc", compile_seconds: Seconds | None = None) -> CollectorRegistry:
     """A fresh registry: the blockgate collector and the ``process_*`` collector of the
     process that serves it (the supervisor; workers' CPU and memory are not included)."""
     registry = CollectorRegistry()
-    registry.register(BlockgateCollector(totals, sources, version))
+    registry.register(BlockgateCollector(totals, sources, version, compile_seconds))
     ProcessCollector(registry=registry, proc=proc)
     return registry
 
