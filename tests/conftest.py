@@ -469,13 +469,13 @@ def start_blockgate(directory: Path, upstreams: Sequence[str], *,
     """Write a config into ``directory``, start blockgate on a free port, wait until it serves.
 
     ``dns`` keys override the defaults below (``timeout="0.3s"``, ``inspect_cnames=False``...);
-    ``top`` keys are top-level ones (``state_dir``, ``on_missing_list``).
+    ``top`` keys are top-level ones (``state_dir``, ``on_missing_list``, ``log``, ``metrics``)
+    and replace the defaults below.
     """
     port = free_port(ipv6=ipv6)
     n = next(_configs)
-    config = {
-        **(top or {}),
-        "state_dir": str((top or {}).get("state_dir", directory / f"state-{n}")),
+    config: dict[str, Any] = {
+        "state_dir": str(directory / f"state-{n}"),
         "sources": sources if sources is not None else default_sources(),
         "dns": {
             "listen": [f"127.0.0.1:{port}"] + ([f"[::1]:{port}"] if ipv6 else []),
@@ -487,6 +487,7 @@ def start_blockgate(directory: Path, upstreams: Sequence[str], *,
         "metrics": {"listen": ""},
         "log": {"level": "info"},
     }
+    config.update({k: str(v) if k == "state_dir" else v for k, v in (top or {}).items()})
     path = directory / f"blockgate-{n}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
     log = directory / f"blockgate-{n}.log"

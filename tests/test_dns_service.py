@@ -846,3 +846,61 @@ def question_end_of(msg: bytes) -> int:
     while msg[i]:
         i += msg[i] + 1
     return i + 5
+
+
+# -- the decision log ------------------------------------------------------------------------
+
+
+def decision_lines(daemon: Blockgate) -> list[dict[str, Any]]:
+    import json
+    out = []
+    for line in daemon.log_text().splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def test_decision_log_has_one_json_line_per_block(running_blockgate: Callable[..., Blockgate]) -> None:
+    daemon = running_blockgate(top={"log": {"level": "warning", "decisions": "all"}})
+    assert dig(daemon.addr, "standaards.com", "+noedns").status == "NXDOMAIN"
+    assert dig(daemon.addr, "alias.example.test").status == "NXDOMAIN"  # through a CNAME
+    assert dig(daemon.addr, "www.example.test").status == "NOERROR"  # not a block: no line
+    assert wait_for(lambda: len(decision_lines(daemon)) >= 2, 3.0), daemon.log_text()
+    first, second = decision_lines(daemon)
+    assert first["name"] == "standaards.com" and first["channel"] == "dns"
+    assert first["client"] == "127.0.0.1" and first["action"] == "nxdomain"
+    assert first["source"] == "registry" and first["record_id"] == 1676124
+    assert first["decision"]["number"] == "2а-4235/2019"
+    assert first["origin"].startswith("rkn-dump-fragment-2019-a.xml:")
+    assert first["time"].endswith("Z")
+    assert (second["name"], second["rule"], second["source"]) == (
+        "alias.example.test", "cdn.blocked.test", "local-nxdomain")
+
+
+def test_decision_log_is_rate_limited(running_blockgate: Callable[..., Blockgate]) -> None:
+    daemon = running_blockgate(top={"log": {"level": "warning", "decisions": "sample",
+                                             "decisions_per_second": 4}})
+    got = 0
+    with udp_socket(daemon.addr) as s:
+        s.settimeout(2.0)
+        for burst in range(6):  # bursts a client socket's buffer holds the answers of
+            for i in range(50):
+                s.send(make_query("nx.blocked.test", "A", qid=burst * 50 + i, edns=False))
+            with contextlib.suppress(TimeoutError):
+                for _ in range(50):
+                    s.recv(4096)
+                    got += 1
+    assert got == 300  # every query answered, logged or not
+    time.sleep(1.0)
+    assert dig(daemon.addr, "nx.blocked.test").status == "NXDOMAIN"
+    assert wait_for(lambda: any("suppressed" in d for d in decision_lines(daemon)), 3.0), daemon.log_text()
+    lines = decision_lines(daemon)
+    assert 1 <= len(lines) <= 12  # 4 a second and a burst of one second's worth
+    assert sum(d.get("suppressed", 0) for d in lines) + len(lines) <= 301
+
+
+def test_decision_log_off(running_blockgate: Callable[..., Blockgate]) -> None:
+    daemon = running_blockgate(top={"log": {"level": "info", "decisions": "off"}})
+    assert dig(daemon.addr, "nx.blocked.test").status == "NXDOMAIN"
+    time.sleep(0.5)
+    assert decision_lines(daemon) == []

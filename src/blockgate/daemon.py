@@ -34,6 +34,15 @@ def run(config: Config, config_path: str | None = None) -> int:
 
 
 def setup_logging(level: str) -> None:
+    """Logs go to stderr (the journal under systemd, which stamps them itself). The decision
+    log (``blockgate.decisions``) writes bare JSON lines, whatever ``log.level`` is: its own
+    switch is ``log.decisions``."""
     under_systemd = "JOURNAL_STREAM" in os.environ or "INVOCATION_ID" in os.environ
     fmt = "%(name)s: %(message)s" if under_systemd else "%(asctime)s %(name)s: %(message)s"
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format=fmt)
+    decisions = logging.getLogger("blockgate.decisions")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    decisions.addHandler(handler)
+    decisions.setLevel(logging.INFO)
+    decisions.propagate = False

@@ -27,6 +27,7 @@ import contextlib
 import gc
 import logging
 import os
+import pwd
 import queue
 import selectors
 import signal
@@ -39,12 +40,15 @@ from typing import Any, Final
 from blockgate import __version__
 from blockgate.adapters.control import STATUS_SOCKET, Channel, ControlServer
 from blockgate.adapters.fetch import Store
-from blockgate.config import Config, load
+from blockgate.adapters.metrics import MetricsServer, make_registry, start_metrics
+from blockgate.adapters.privileges import SNI_CAPABILITIES, PrivilegeError, drop_privileges
+from blockgate.adapters.systemd import Notifier, watchdog_interval
+from blockgate.config import Config, load, parse_addr
 from blockgate.engine import RuleSet
 from blockgate.errors import ConfigError
 from blockgate.feeds import SourceState
 from blockgate.sources import Sources, background, compile_stored, malloc_trim
-from blockgate.stats import Stats
+from blockgate.stats import SourceMetrics, Stats
 from blockgate.workers import Slot, Worker, open_slots, serve_slot
 
 log = logging.getLogger("blockgate")
@@ -121,6 +125,14 @@ class Supervisor:
         self.next_stats = 0.0
         self.sel = selectors.DefaultSelector()
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.loads: dict[str, tuple[dict[str, int], float]] = {}  # per source: kinds, load s
+        # systemd: read before the variables are removed, so that no worker sees them
+        watchdog = watchdog_interval()
+        self.notifier = Notifier.from_environ(unset=True)
+        self.watchdog_every = watchdog / 2 if watchdog else None
+        self.next_watchdog = 0.0
+        self.reload_pending = False
         self._sig_r, self._sig_w = socket.socketpair()
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._sig_r, self._sig_w, self._wake_r, self._wake_w):
@@ -138,6 +150,25 @@ class Supervisor:
 
     def source_states(self) -> list[SourceState]:
         return self.sources.states()
+
+    def source_metrics(self) -> list[SourceMetrics]:
+        """Per source, for the metrics endpoint: rules by kind of the list in force, freshness,
+        fetch results, read and parse time."""
+        with self.lock:
+            loads = dict(self.loads)
+        out = []
+        for st in self.source_states():
+            kinds, seconds = loads.get(st.name, ({}, 0.0))
+            out.append(SourceMetrics(st.name, kinds if st.in_force else {}, st.last_success,
+                                     dict(st.results), seconds))
+        return out
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: what is served, and how old the oldest list in force is."""
+        ages = [s.list_age for s in self.source_states() if s.in_force and s.list_age is not None]
+        age = f"; oldest list {_age(max(ages))}" if ages else ""
+        return (f"{self.in_force[0]} rules on {self.in_force[1]} names from {len(self.config.sources)} "
+                f"sources{age}; {len(self.slots)} workers")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -176,9 +207,44 @@ class Supervisor:
             log.error("cannot listen on %s: %s", ", ".join(self.listen), exc)
             return 1
         self._open_control()
+        if not self._open_metrics() or not self._drop_privileges():
+            return 1
         gc.collect()
         self._fork_generation()
         return None
+
+    def _open_metrics(self) -> bool:
+        listen = str(self.config.metrics["listen"])
+        if not listen:
+            return True
+        registry = make_registry(self.totals, self.source_metrics,
+                                 compile_seconds=lambda: self.swap.compile_seconds)
+        try:
+            self.metrics = start_metrics(parse_addr(listen), registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", listen, exc)
+            return False
+        log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
+        return True
+
+    def _drop_privileges(self) -> bool:
+        """Started as root with ``run_as``: every socket is bound, so become that user now
+        (the state directory becomes theirs first). Keeps CAP_NET_ADMIN/CAP_NET_RAW only
+        when an SNI mode needs them."""
+        user = self.config.run_as
+        if not user or os.geteuid() != 0:
+            return True
+        keep = SNI_CAPABILITIES if self.config.sni["mode"] != "off" else ()
+        try:
+            _chown_tree(self.state_dir, user)
+            dropped = drop_privileges(user, keep)
+        except (PrivilegeError, OSError, KeyError) as exc:
+            log.error("cannot switch to user %s: %s", user, exc)
+            return False
+        if dropped is not None:
+            log.info("running as %s (uid %d), capabilities kept: %s", dropped.user, dropped.uid,
+                     ", ".join(dropped.capabilities) or "none")
+        return True
 
     def _open_control(self) -> None:
         path = os.path.join(self.state_dir, STATUS_SOCKET)
@@ -228,11 +294,27 @@ class Supervisor:
                 log.error("worker %d (%s) overran its deadline: killed", w.pid, w.state)
                 _kill(w.pid, signal.SIGKILL)
                 w.deadline = None
+        if self.watchdog_every is not None and now >= self.next_watchdog:
+            self.next_watchdog = now + self.watchdog_every
+            if self._healthy():
+                self.notifier.watchdog()
+        if self.reload_pending and not (self.building or self.build_wanted or self.sources.changed
+                                        or self.sources.waiting):
+            self._reloaded()  # every source re-read and nothing to swap
         if now >= self.next_stats:
             self.next_stats = now + STATS_EVERY
             for w in self.workers.values():
                 if w.state in ("serving", "draining"):
                     w.channel.send("stats")
+
+    def _healthy(self) -> bool:
+        """Every slot has a worker serving: what the watchdog vouches for."""
+        serving = {w.slot for w in self.workers.values() if w.state == "serving"}
+        return len(serving) == len(self.slots)
+
+    def _reloaded(self) -> None:
+        self.reload_pending = False
+        self.notifier.ready(self.status_line())
 
     def _on_signals(self) -> None:
         try:
@@ -322,6 +404,8 @@ class Supervisor:
         self._fork_generation()
 
     def _note_loaded(self, ruleset: RuleSet, seconds: float) -> None:
+        with self.lock:
+            self.loads = {ls.config.name: (dict(ls.kinds), ls.seconds) for ls in ruleset.loaded}
         for ls in ruleset.loaded:
             if ls.error and self.sources.stored.get(ls.config.name) is not None:
                 log.error("source %s: the stored copy does not load: %s", ls.config.name, ls.error)
@@ -350,7 +434,7 @@ class Supervisor:
             try:
                 parent.close()
                 self._in_child(slot)
-                code = serve_slot(self.config, ruleset, slot, child)
+                code = serve_slot(self.config, ruleset, slot, child, len(self.slots))
             except BaseException:  # a worker reports and exits; it never returns into the loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -373,6 +457,8 @@ class Supervisor:
             s.close()
         if self.control is not None:
             self.control.sock.close()  # not close(): the socket file is the supervisor's
+        if self.metrics is not None:
+            self.metrics.detach()
         for w in self.workers.values():
             w.channel.close()
         for other in self.slots:
@@ -414,9 +500,14 @@ class Supervisor:
             if self.swap.ready_seconds is None:
                 self.swap.ready_seconds = time.monotonic() - self.swap.forked
                 self.swap.at = time.time()
+                if self.announced and not self.reload_pending:
+                    self.notifier.status(self.status_line())
             if not self.announced:
                 self.announced = True
                 log.info("ready: listening on %s (%d workers)", ", ".join(self.listen), len(self.slots))
+                self.notifier.ready(self.status_line())
+            elif self.reload_pending and not (self.building or self.build_wanted):
+                self._reloaded()
 
     def _reap(self) -> None:
         while True:
@@ -453,9 +544,11 @@ class Supervisor:
         if self.config_path is None:
             log.warning("SIGHUP: no config file to re-read")
             return
+        self.notifier.reloading(f"reloading {self.config_path}")
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
+            self.notifier.ready(f"{self.status_line()}; reload refused: {len(exc.errors)} errors")
             self.reloads.refused += 1
             self.reloads.last_errors = list(exc.errors)
             log.error("SIGHUP: %s refused; the running configuration stays:", self.config_path)
@@ -474,11 +567,13 @@ class Supervisor:
         self.reloads.ok += 1
         self.reloads.last_errors = []
         self.build_wanted = self.build_wanted or changed
+        self.reload_pending = True
         log.info("SIGHUP: %s re-read (%s); fetching every source", self.config_path,
                  "changed" if changed else "unchanged")
 
     # -- stop -----------------------------------------------------------------------------------
     def _shutdown(self) -> int:
+        self.notifier.stopping()
         for w in self.workers.values():
             _kill(w.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
@@ -490,6 +585,8 @@ class Supervisor:
             _kill(w.pid, signal.SIGKILL)
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for slot in self.slots:
             for s in slot.udp + slot.tcp:
                 s.close()
@@ -501,6 +598,23 @@ def _counters(t: Stats) -> dict[str, Any]:
     return {"dns_queries": {f"{tr}/{action}": n for (tr, action), n in sorted(t.dns_queries().items())},
             "blocked": {"/".join(k): n for k, n in sorted(t.blocks().items())},
             "internal_errors": t.internal_errors}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _chown_tree(path: str, user: str) -> None:
+    """Give ``user`` the state directory (it keeps lists there once root is gone).
+    raises KeyError (no such user), OSError."""
+    pw = pwd.getpwnam(user)
+    os.makedirs(path, exist_ok=True)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            os.chown(name, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
 
 
 def _no_op(_sig: int, _frame: object) -> None:

@@ -19,6 +19,7 @@ from typing import Final
 from blockgate.adapters.control import Channel
 from blockgate.adapters.dns_server import DnsServer, bind_tcp, bind_udp, entropy
 from blockgate.config import Config, parse_addr
+from blockgate.decisions import DecisionLog
 from blockgate.engine import DnsEngine, RuleSet, make_settings, make_synth
 from blockgate.stats import Stats
 
@@ -47,17 +48,21 @@ class Worker:
     final: bool = False
 
 
-def make_server(config: Config, ruleset: RuleSet) -> DnsServer:
+def make_server(config: Config, ruleset: RuleSet, workers: int = 1) -> DnsServer:
     dns = config.dns
     engine = DnsEngine(ruleset.matcher.classes, ruleset.match, make_synth(dns),
                        make_settings(dns, parse_addr), Stats(), entropy)
     listen = [parse_addr(a) for a in dns["listen"]]
-    return DnsServer(engine, listen, float(dns["tcp_idle_timeout"]), int(dns["tcp_max_connections"]))
+    # the configured rate is the daemon's: each worker logs its share
+    per_second = -(-int(config.log["decisions_per_second"]) // max(1, workers))
+    decisions = DecisionLog(str(config.log["decisions"]), per_second)
+    return DnsServer(engine, listen, float(dns["tcp_idle_timeout"]), int(dns["tcp_max_connections"]),
+                     decisions)
 
 
-def serve_slot(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel) -> int:
+def serve_slot(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel, workers: int = 1) -> int:
     """A worker: serve the slot's sockets until SIGTERM, or drain when the supervisor says."""
-    server = make_server(config, ruleset)
+    server = make_server(config, ruleset, workers)
     server.adopt(slot.udp, slot.tcp)
     stats = server.engine.stats
 

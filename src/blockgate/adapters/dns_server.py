@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from blockgate.decisions import DecisionLog
 from blockgate.engine import Delivery, DnsEngine
 
 log = logging.getLogger("blockgate.dns")
+decision_log = logging.getLogger("blockgate.decisions")
 
 # Packets taken from one socket per wake-up: enough to amortise the loop, few enough that
 # other sockets (upstream answers) are not starved.
@@ -42,6 +44,9 @@ UDP_RCVBUF: Final = 4 << 20
 SO_RCVBUFFORCE: Final[int] = getattr(socket, "SO_RCVBUFFORCE", 33)  # socket(7), Linux
 # A draining worker waits for its last upstream answers at most the failover time plus this.
 DRAIN_SLACK: Final = 0.5
+# The decision log's queue is drained this often; each time the engine may queue up to
+# this share of a second's worth of lines (the rest of the blocks are only counted).
+DECISIONS_EVERY: Final = 0.25
 
 
 def receive_buffer(s: socket.socket, size: int = UDP_RCVBUF) -> None:
@@ -156,8 +161,9 @@ class UpstreamTcp:
 
 class DnsServer:
     def __init__(self, engine: DnsEngine, listen: Sequence[tuple[str, int]],
-                 tcp_idle: float, tcp_max: int) -> None:
+                 tcp_idle: float, tcp_max: int, decisions: DecisionLog | None = None) -> None:
         self.engine = engine
+        self.decisions = decisions if decisions is not None and not decisions.off else None
         self.listen = listen
         self.tcp_idle = tcp_idle
         self.tcp_max = tcp_max
@@ -167,6 +173,7 @@ class DnsServer:
         self.usocks: list[socket.socket] = []
         self.utcp: list[UpstreamTcp] = []
         self._last_log = 0.0
+        self._blocks_seen = 0
 
     # -- setup ---------------------------------------------------------------------------
     def bind(self) -> None:
@@ -196,6 +203,7 @@ class DnsServer:
             loop.add_reader(u.fileno(), self._upstream_ready, i, u)
         servers = [await asyncio.start_server(self._tcp_client, sock=s) for s in self.tcp]
         expiry = loop.create_task(self._expire_loop())
+        logger = None if self.decisions is None else loop.create_task(self._decisions_loop(self.decisions))
         if ready is not None:
             ready()
         try:
@@ -207,6 +215,9 @@ class DnsServer:
                 await self._drain(servers, stop)
         finally:
             expiry.cancel()
+            if logger is not None:
+                logger.cancel()
+                self._write_decisions()
             for s in self.udp + self.usocks:
                 if s.fileno() >= 0:
                     loop.remove_reader(s.fileno())
@@ -216,6 +227,33 @@ class DnsServer:
             for up in self.utcp:
                 if up.writer is not None:
                     up.writer.close()
+
+    async def _decisions_loop(self, dl: DecisionLog) -> None:
+        """Write the blocks the engine queued as decision-log lines, and hand it the next
+        budget. Blocks beyond the budget were not queued: they are told to the log as
+        suppressed, so the next line says how many were left out."""
+        self.engine.log_budget[0] = max(1, int(dl.rate * DECISIONS_EVERY))
+        while True:
+            await asyncio.sleep(DECISIONS_EVERY)
+            try:
+                self._write_decisions()
+            except Exception as exc:  # a bug must not stop the worker: counted, logged
+                self._internal(exc)
+
+    def _write_decisions(self) -> None:
+        dl, engine = self.decisions, self.engine
+        if dl is None:
+            return
+        events, engine.block_log = engine.block_log, []
+        blocks = sum(engine.stats.blocked_dns)
+        dl.suppressed += max(0, blocks - self._blocks_seen - len(events))
+        self._blocks_seen = blocks
+        now = time.time()
+        for client, name, action, rule in events:
+            line = dl.record(now, client, "dns", name, action, rule)
+            if line is not None:
+                decision_log.info(line)
+        engine.log_budget[0] = max(1, int(dl.rate * DECISIONS_EVERY))
 
     async def _drain(self, servers: list[asyncio.Server], stop: asyncio.Event) -> None:
         """Leave the client sockets to the next worker: what is queued in them stays there

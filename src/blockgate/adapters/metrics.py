@@ -222,6 +222,11 @@ class MetricsServer:
     _server: _Server
     _thread: threading.Thread
 
+    def detach(self) -> None:
+        """In a forked child: close this process's copy of the listening socket (the thread
+        serving it exists only in the parent)."""
+        self._server.socket.close()
+
     def close(self) -> None:
         """Stop serving and release the port; returns when the thread has ended."""
         self._server.shutdown()
