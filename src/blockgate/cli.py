@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from blockgate import __version__
+from blockgate.adapters.replay import replay
 from blockgate.config import Config, load
 from blockgate.daemon import build_ruleset, run, setup_logging
 from blockgate.domain import to_unicode
-from blockgate.engine import Engine, LoadedSource, Lookup
+from blockgate.engine import Engine, LoadedSource, Lookup, SniEngine, make_sni_settings
 from blockgate.errors import ConfigError
+from blockgate.stats import Stats
 
 EXIT_OK = 0
 EXIT_SOURCE_FAILED = 1
@@ -148,6 +150,26 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _ports(text: str) -> list[int]:
+    try:
+        ports = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ports: {text!r}") from None
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535: {text!r}")
+    return ports
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    ruleset, _s, _m = build_ruleset(config)
+    for ls in ruleset.loaded:
+        if ls.error:
+            print(f"warning: source {ls.config.name} not loaded: {ls.error}", file=sys.stderr)
+    settings = make_sni_settings(config.sni, args.ports)
+    return replay(args.files, lambda: SniEngine(ruleset.match, settings, Stats()), out, args.json)
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     config = read_config(args.config)
     setup_logging(str(config.log["level"]))
@@ -179,6 +201,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per name")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=cmd_lookup)
+    p = with_config("replay", "Decide the ClientHellos and DNS queries of pcap/pcapng captures.")
+    p.add_argument("--json", action="store_true", help="one JSON object per decision, then a summary")
+    p.add_argument("--ports", type=_ports, help="inspected TCP/UDP ports, comma-separated "
+                   "(default: sni.ports)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_replay)
     p = with_config("run", "Serve DNS (and SNI enforcement) with the configured rules.")
     p.set_defaults(func=cmd_run)
     p = with_config("check-config", "Validate the configuration; exit 2 with located errors.")

@@ -15,6 +15,8 @@ from blockgate.dnsengine import Delivery, DnsEngine, make_settings, make_synth
 from blockgate.domain import input_key
 from blockgate.errors import DomainError
 from blockgate.lists.base import ParsedList
+from blockgate.sniengine import Decision, Event, SniEngine, make_sni_settings
+from blockgate.sniengine import Settings as SniSettings
 from blockgate.trie import Matcher, Rule, SourceInfo, compile_rules
 from blockgate.verdict import Verdict, verdict_of
 
@@ -84,6 +86,7 @@ class Engine:
         return Lookup(name, key, verdict_of(rule), rule)
 
 
-# The DNS decisions live in ``dnsengine``; adapters reach them through this facade.
-__all__ = ["Delivery", "DnsEngine", "Engine", "LoadedSource", "Lookup", "RuleSet",
-           "make_settings", "make_synth"]
+# The DNS decisions live in ``dnsengine``, the packet (SNI) decisions in ``sniengine``;
+# adapters reach them through this facade.
+__all__ = ["Decision", "Delivery", "DnsEngine", "Engine", "Event", "LoadedSource", "Lookup", "RuleSet",
+           "SniEngine", "SniSettings", "make_settings", "make_sni_settings", "make_synth"]

@@ -313,6 +313,35 @@ def build_rst(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int
     return b"\x60\x00\x00\x00\x00\x14\x06" + bytes((_TTL,)) + src + dst + tcp
 
 
+# The extra RSTs of a burst sit one full-size segment apart (RFC 9293 §3.7.1 default MSS for
+# Ethernet paths, 1460), as the GFW's bursts at A, A+1460, A+4380 did (net4people/bbs#285):
+# they still hit the client's RCV.NXT after that many bytes of server data got there first.
+RST_STEP: Final = 1460
+_SEQ_MOD: Final = 1 << 32
+
+
+def resets(p: Packet, server_next: int, burst: int = 0) -> list[bytes]:
+    """RST segments (IP packets) that end the TCP flow of client packet ``p`` at both ends.
+
+    To the server, from the client: ``server_next``, the exact RCV.NXT the server has
+    (RFC 5961 §3.2 makes anything else a challenge ACK). To the client, from the server:
+    seq = the ACK the client sent, the server's SND.NXT as the client knows it, plus
+    ``burst`` more at RST_STEP offsets for server data that may overtake it. A segment
+    without an ACK (TFO data in the SYN) is answered by RST+ACK with seq 0 (RFC 9293
+    §3.10.7.1).
+    """
+    if p.proto != 6:
+        return []
+    end = (p.seq + len(p.payload) + (1 if p.flags & Tcp.SYN else 0)) % _SEQ_MOD
+    out = [build_rst(p.src, p.dst, p.sport, p.dport, server_next, None)]
+    if p.flags & Tcp.ACK:
+        out += [build_rst(p.dst, p.src, p.dport, p.sport, (p.ack + i * RST_STEP) % _SEQ_MOD, end)
+                for i in range(burst + 1)]
+    else:
+        out.append(build_rst(p.dst, p.src, p.dport, p.sport, 0, end))
+    return out
+
+
 class FlowId(NamedTuple):
     """One direction of a transport flow, as the client sent it (client first)."""
 
