@@ -14,7 +14,8 @@ $(PY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml scripts/debian-packages.txt
+	@scripts/debian-packages.sh  # NetfilterQueue builds against libnetfilter-queue-dev
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)

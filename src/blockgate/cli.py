@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from blockgate import __version__
+from blockgate.adapters.nfqueue import iptables_rules, nft_rules
 from blockgate.adapters.replay import replay
 from blockgate.config import Config, load
 from blockgate.daemon import build_ruleset, run, setup_logging
@@ -170,6 +171,16 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     return replay(args.files, lambda: SniEngine(ruleset.match, settings, Stats()), out, args.json)
 
 
+def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    try:
+        text = nft_rules(config.sni) if args.nft else "\n".join(iptables_rules(config.sni))
+    except ValueError as exc:
+        raise ConfigError([f"{args.config}: {exc}"]) from None
+    print(text, file=out)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     config = read_config(args.config)
     setup_logging(str(config.log["level"]))
@@ -207,6 +218,11 @@ def parser() -> argparse.ArgumentParser:
                    "(default: sni.ports)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_replay)
+    p = with_config("rules", "Print the firewall rules that queue what sni.mode nfqueue inspects.")
+    fw = p.add_mutually_exclusive_group(required=True)
+    fw.add_argument("--nft", action="store_true", help="an nftables ruleset (nft -f)")
+    fw.add_argument("--iptables", action="store_true", help="iptables commands")
+    p.set_defaults(func=cmd_rules)
     p = with_config("run", "Serve DNS (and SNI enforcement) with the configured rules.")
     p.set_defaults(func=cmd_run)
     p = with_config("check-config", "Validate the configuration; exit 2 with located errors.")

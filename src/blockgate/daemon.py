@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Final
 
+from blockgate.adapters import nfqueue
 from blockgate.adapters.dns_server import DnsServer, entropy
 from blockgate.adapters.fetch import load_sources, rss_bytes
 from blockgate.config import Config, parse_addr
@@ -88,16 +89,60 @@ def run(config: Config) -> int:
     workers = int(config.dns["workers"]) or os.cpu_count() or 1
     gc.collect()
     gc.freeze()
-    if workers == 1:
-        server = make_server(config, ruleset)
-        try:
-            server.bind()
-        except OSError as exc:
-            log.error("cannot listen on %s: %s", ", ".join(config.dns["listen"]), exc)
-            return 1
-        log.info("ready: listening on %s (1 worker)", ", ".join(config.dns["listen"]))
-        return worker(config, ruleset, server)
-    return supervise(config, ruleset, workers)
+    sni = start_sni_workers(config, ruleset)
+    try:
+        if workers == 1:
+            server = make_server(config, ruleset)
+            try:
+                server.bind()
+            except OSError as exc:
+                log.error("cannot listen on %s: %s", ", ".join(config.dns["listen"]), exc)
+                return 1
+            log.info("ready: listening on %s (1 worker)", ", ".join(config.dns["listen"]))
+            return worker(config, ruleset, server)
+        return supervise(config, ruleset, workers)
+    finally:
+        stop_sni_workers(sni)
+
+
+def start_sni_workers(config: Config, ruleset: RuleSet) -> list[int]:
+    """Fork the SNI enforcement workers ``sni.mode`` asks for (nfqueue: one process per
+    queue in ``sni.queues``); their pids. Called after compiling, like the DNS workers, so
+    the rules stay in shared pages."""
+    mode = config.sni["mode"]
+    if mode != "nfqueue":
+        return []
+    pids = []
+    for queue in config.sni["queues"]:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
+                code = nfqueue.serve(config, ruleset, int(queue))
+            except BaseException:  # a worker reports and exits; it never returns into the parent
+                log.exception("SNI worker %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def stop_sni_workers(pids: list[int]) -> None:
+    for pid in pids:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.05)
+        else:
+            _kill(pid, signal.SIGKILL)
 
 
 def _spawn(config: Config, ruleset: RuleSet) -> int:

@@ -1,0 +1,232 @@
+"""Inline SNI enforcement on NFQUEUE: one worker process per queue, verdicts from the engine.
+
+The kernel queues only the first packets of each TCP/UDP flow to the inspected ports (the
+ruleset printed by ``blockgate rules``). For each packet the engine decides:
+
+* pass / allow / unknown: accept.
+* block: the packet is re-queued to the hook with the conntrack mark (``sni.mark``) set
+  (NF_REPEAT), where the ruleset saves the mark to the connection and drops the packet;
+  every later packet of the connection, both directions, is then dropped by the kernel
+  without reaching userspace. On the TCP packet that completed the ClientHello, RSTs go to
+  both ends first (the server's at the sequence number it expects with this packet
+  dropped), so both fail fast instead of retransmitting into a black hole. QUIC flows
+  simply lose their Initials (no RST exists for UDP; browsers fall back to TCP).
+
+Fail-open: the rules use ``--queue-bypass`` (no worker bound: the kernel accepts), a
+worker that cannot decide a packet accepts it, and anything unexpected at this edge is
+counted in ``internal_errors``, logged at most once per ``LOG_EVERY`` seconds, and the
+packet still gets its verdict.
+
+RSTs are sent from raw sockets carrying ``sni.mark + 1`` (SO_MARK), which the ruleset
+accepts before the connmark drop: they belong to the blocked connection too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from blockgate.config import Config, Section
+from blockgate.engine import RuleSet, SniEngine, make_sni_settings
+from blockgate.packet import resets
+from blockgate.stats import Stats
+from blockgate.verdict import Verdict
+
+log = logging.getLogger("blockgate.nfqueue")
+
+LOG_EVERY: Final = 10.0
+# Packets of a connection's original direction queued to userspace: SYN, ACK, a ClientHello
+# in up to 6 segments and a second one after HelloRetryRequest fit; later packets of a
+# blocked flow are dropped by conntrack mark, of the others never queued.
+QUEUE_PACKETS: Final = 16
+# Kernel queue length per queue (packets waiting for a verdict) and the netlink receive
+# buffer: python-netfilterqueue's run() used to stop on ENOBUFS when the buffer overflowed
+# (oremanj/python-netfilterqueue PR #8).
+MAX_LEN: Final = 4096
+SOCK_LEN: Final = 8 << 20
+CHAIN: Final = "BLOCKGATE"
+
+
+class RateLimitedLog:
+    """At most one message per ``every`` seconds; the ones left out are counted in the next."""
+
+    def __init__(self, logger: logging.Logger, every: float = LOG_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.every, self.clock = logger, every, clock
+        self.next = 0.0
+        self.skipped = 0
+
+    def error(self, msg: str, *args: object) -> None:
+        now = self.clock()
+        if now < self.next:
+            self.skipped += 1
+            return
+        if self.skipped:
+            msg += f" ({self.skipped} more since the last message)"
+        self.logger.error(msg, *args, exc_info=True)
+        self.next, self.skipped = now + self.every, 0
+
+
+class Injector:
+    """Raw IPv4/IPv6 sockets that send whole IP packets (the RSTs), marked ``mark``."""
+
+    def __init__(self, mark: int) -> None:
+        self.socks: dict[int, socket.socket] = {}
+        for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+            try:
+                s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            except OSError as exc:
+                log.warning("no raw IPv%d socket for RSTs: %s", version, exc)
+                continue
+            self.socks[version] = s
+
+    def send(self, packet: bytes) -> None:
+        version = packet[0] >> 4
+        s = self.socks.get(version)
+        if s is None:
+            return
+        dst = packet[16:20] if version == 4 else packet[24:40]
+        s.sendto(packet, (str(ipaddress.ip_address(dst)), 0))
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+
+
+class Worker:
+    """The callback of one queue: engine decision in, one kernel verdict out."""
+
+    def __init__(self, engine: SniEngine, mark: int, send: Callable[[bytes], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine, self.mark, self.send, self.clock = engine, mark, send, clock
+        self.errors = RateLimitedLog(log)
+        self.verdicts = 0
+
+    def __call__(self, pkt: Any) -> None:
+        block = False
+        try:
+            d = self.engine.on_packet(pkt.get_payload(), self.clock())
+            block = d.verdict is Verdict.BLOCK
+            if block and d.packet is not None:
+                for rst in resets(d.packet, d.client_next_dropped):
+                    self.send(rst)
+                e = d.event
+                if e is not None and e.name is not None:
+                    log.info("blocked %s %s (rule %s, source %s)", e.proto, e.name.decode("ascii", "replace"),
+                             e.rule.pattern if e.rule else "-", e.rule.source if e.rule else "-")
+        except Exception:  # the edge: count, log, and still give the packet its verdict
+            self.engine.stats.internal_errors += 1
+            self.errors.error("nfqueue: packet not decided")
+        self.verdicts += 1
+        if block:
+            pkt.set_mark(self.mark)
+            pkt.repeat()
+        else:
+            pkt.accept()
+
+
+def serve(config: Config, ruleset: RuleSet, queue: int) -> int:
+    """Bind ``queue`` and give verdicts until SIGTERM (run in a worker process)."""
+    from netfilterqueue import NetfilterQueue  # the optional extra: only this mode needs it
+
+    sni = config.sni
+    mark = int(sni["mark"])
+    engine = SniEngine(ruleset.match, make_sni_settings(sni), Stats())
+    injector = Injector(mark + 1)
+    worker = Worker(engine, mark, injector.send)
+    nfq = NetfilterQueue()
+
+    def stop(_sig: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        nfq.bind(queue, worker, max_len=MAX_LEN, sock_len=SOCK_LEN)
+    except OSError as exc:
+        log.error("cannot bind NFQUEUE %d: %s", queue, exc)
+        return 1
+    log.info("ready: NFQUEUE %d bound (ports %s, conntrack mark %#x)", queue,
+             ",".join(map(str, sni["ports"])), mark)
+    try:
+        nfq.run()
+    except SystemExit:
+        pass
+    finally:
+        nfq.unbind()
+        injector.close()
+    log.info("NFQUEUE %d: %d verdicts, %d internal errors", queue, worker.verdicts,
+             engine.stats.internal_errors)
+    return 0
+
+
+# -- the ruleset ----------------------------------------------------------------------------
+
+
+def _queue_spec(queues: list[int]) -> tuple[int, int]:
+    qs = sorted(set(queues))
+    if qs != list(range(qs[0], qs[-1] + 1)):
+        raise ValueError(f"sni.queues {queues} are not consecutive: --queue-balance takes a range")
+    return qs[0], qs[-1]
+
+
+def iptables_rules(sni: Section) -> list[str]:
+    """iptables commands that queue only what needs inspection and drop marked flows."""
+    first, last = _queue_spec(list(sni["queues"]))
+    mark = int(sni["mark"])
+    ports = ",".join(str(p) for p in sni["ports"])
+    queue = f"--queue-num {first}" if first == last else f"--queue-balance {first}:{last}"
+    nfq = (f"-m multiport --dports {ports} -m connbytes --connbytes 0:{QUEUE_PACKETS} "
+           f"--connbytes-dir original --connbytes-mode packets -j NFQUEUE {queue} --queue-bypass")
+    return [
+        "# blockgate sni.mode nfqueue: queue the first packets of TCP/UDP flows to the inspected ports;",
+        "# blocked flows carry a conntrack mark and are dropped here, both directions.",
+        "sysctl -qw net.netfilter.nf_conntrack_acct=1",
+        f"iptables -N {CHAIN}",
+        f"iptables -A {CHAIN} -m mark --mark {mark + 1:#x} -j ACCEPT",
+        f"iptables -A {CHAIN} -m mark --mark {mark:#x} -j CONNMARK --save-mark",
+        f"iptables -A {CHAIN} -m connmark --mark {mark:#x} -j DROP",
+        f"iptables -A {CHAIN} -p tcp {nfq}",
+        f"iptables -A {CHAIN} -p udp {nfq}",
+        f"iptables -I FORWARD -j {CHAIN}",
+        f"iptables -I OUTPUT -j {CHAIN}",
+        f"iptables -I INPUT -m connmark --mark {mark:#x} -j DROP",
+    ]
+
+
+def nft_rules(sni: Section) -> str:
+    """The same ruleset for nftables (``nft -f``), for kernels with the ``queue`` statement."""
+    first, last = _queue_spec(list(sni["queues"]))
+    mark = int(sni["mark"])
+    ports = ", ".join(str(p) for p in sni["ports"])
+    # a range balances by flow hash (nft's "fanout" flag would spread by CPU instead)
+    queue = f"queue num {first} bypass" if first == last else f"queue num {first}-{last} bypass"
+    inspect = [f"        {proto} dport {{ {ports} }} ct original packets 0-{QUEUE_PACKETS} {queue}"
+               for proto in ("tcp", "udp")]
+    chain = [f"        meta mark {mark + 1:#x} accept",
+             f"        meta mark {mark:#x} ct mark set meta mark drop",
+             f"        ct mark {mark:#x} drop",
+             *inspect]
+    return "\n".join([
+        "# blockgate sni.mode nfqueue (needs net.netfilter.nf_conntrack_acct=1)",
+        "table inet blockgate {",
+        "    chain forward {",
+        "        type filter hook forward priority 0; policy accept;",
+        *chain,
+        "    }",
+        "    chain output {",
+        "        type filter hook output priority 0; policy accept;",
+        *chain,
+        "    }",
+        "    chain input {",
+        "        type filter hook input priority 0; policy accept;",
+        f"        ct mark {mark:#x} drop",
+        "    }",
+        "}",
+    ])
