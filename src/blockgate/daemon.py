@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Final
 
-from blockgate.adapters import nfqueue
+from blockgate.adapters import mirror, nfqueue
 from blockgate.adapters.dns_server import DnsServer, entropy
 from blockgate.adapters.fetch import load_sources, rss_bytes
 from blockgate.config import Config, parse_addr
@@ -107,19 +107,22 @@ def run(config: Config) -> int:
 
 def start_sni_workers(config: Config, ruleset: RuleSet) -> list[int]:
     """Fork the SNI enforcement workers ``sni.mode`` asks for (nfqueue: one process per
-    queue in ``sni.queues``); their pids. Called after compiling, like the DNS workers, so
+    queue in ``sni.queues``, mirror: one); their pids. Called after compiling, like the DNS workers, so
     the rules stay in shared pages."""
     mode = config.sni["mode"]
-    if mode != "nfqueue":
+    if mode == "off":
         return []
     pids = []
-    for queue in config.sni["queues"]:
+    for queue in config.sni["queues"] if mode == "nfqueue" else [None]:
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
-                code = nfqueue.serve(config, ruleset, int(queue))
+                if queue is None:
+                    code = mirror.serve(config, ruleset)
+                else:
+                    code = nfqueue.serve(config, ruleset, int(queue))
             except BaseException:  # a worker reports and exits; it never returns into the parent
                 log.exception("SNI worker %d failed", os.getpid())
             finally:

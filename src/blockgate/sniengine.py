@@ -229,6 +229,18 @@ class SniEngine:
             return ((data[42] << 8) | data[43]) in self.wanted
         return True
 
+    def blocked_reply(self, data: bytes) -> Packet | None:
+        """A server's TCP segment on a flow this engine blocked, else None: a passive box
+        answers it with an RST to the client at the sequence number right after it."""
+        try:
+            p = parse_ip(data)
+        except PacketFormatError:
+            return None
+        if p.proto != 6 or p.sport not in self.ports or p.flags & Tcp.RST:
+            return None
+        back = p._replace(src=p.dst, dst=p.src, sport=p.dport, dport=p.sport)
+        return p if flow_key(back) in self.blocked.keys else None
+
     def finish(self, now: float) -> list[Event]:
         """Give up every flow still waiting (end of a capture): their final events."""
         events: list[Event] = []
