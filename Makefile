@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-sni clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -55,3 +55,6 @@ bench-quic: $(STAMP)
 .PHONY: docs
 docs: $(STAMP)
 	$(PY) scripts/gen_config_docs.py
+
+bench-sni: $(STAMP) debs
+	$(PY) bench/sni.py --rounds 160 --nfqueue

@@ -268,3 +268,17 @@ def test_mutated_and_truncated_real_hello(at: int, value: int, cut: int) -> None
     for data in (bytes(mutated), REAL[:cut], bytes(mutated[:cut])):
         _only_format_errors(read_hello, data)
         _only_format_errors(parse_client_hello, data[9:])
+
+
+@given(st.sampled_from([REAL[9:], GREASE_HELLO, body(sni(b"a.example"), alpn(b"h2")), body()[:-2]]),
+       st.integers(0, 600), st.integers(0, 255), st.integers(0, 600))
+@settings(max_examples=1000)
+def test_fast_path_equals_the_careful_walk(raw: bytes, at: int, value: int, cut: int) -> None:
+    """The index-arithmetic path and the cursor walk agree on every input (mutated, cut)."""
+    from blockgate import tls
+
+    mutated = bytearray(raw)
+    if mutated:
+        mutated[at % len(mutated)] = value
+    for data in (raw, bytes(mutated), bytes(mutated[:cut])):
+        assert parse_client_hello(data) == tls._careful(data, 0)

@@ -55,6 +55,10 @@ MAX_TUNNELS: Final = 2
 _DNS_TCP_LIMIT: Final = 65535 + 2
 
 
+def _first(frame: tuple[int, bytes]) -> int:
+    return frame[0]
+
+
 class Kind:
     """What an ``Event`` reports (also its JSON ``event`` value)."""
 
@@ -371,7 +375,8 @@ class SniEngine:
                 flow.stream, flow.need = Reassembler(self.settings.max_flow_bytes), 0
             if flow.decided or flow.stream is None:
                 continue
-            for offset, data in ini.crypto:
+            # in offset order, most frames append (Chrome scatters them within a packet)
+            for offset, data in sorted(ini.crypto, key=_first):
                 if not flow.stream.add(offset, data):
                     self._give_up(self.udp, key, flow, Kind.OVERFLOW, events)
                     return None

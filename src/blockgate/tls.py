@@ -242,7 +242,89 @@ def parse_client_hello(body: bytes, end: int = 0) -> ClientHello:
 
     A structural error ends the walk and is reported in ``error``; what was read before it
     is kept. raises only TlsFormatError; anything else is a bug.
+
+    The usual ClientHello (well formed, one plain host name) takes ``_plain``: index
+    arithmetic, no cursor objects, about four times faster. Anything it does not expect
+    sends the body through the careful walk, which reports exactly what is wrong.
     """
+    try:
+        return _plain(body, end)
+    except _Unusual:
+        return _careful(body, end)
+
+
+class _Unusual(Exception):
+    """Not for the fast path (never escapes this module)."""
+
+
+def _u16(b: bytes, at: int) -> int:
+    return (b[at] << 8) | b[at + 1]
+
+
+def _plain(b: bytes, end: int) -> ClientHello:
+    n = len(b)
+    if n < 38 or b[34] > MAX_SESSION_ID:
+        raise _Unusual
+    p = 35 + b[34]
+    if p + 3 > n:
+        raise _Unusual
+    suites = _u16(b, p)
+    p += 2 + suites
+    if suites < 2 or suites & 1 or p >= n or not b[p]:
+        raise _Unusual
+    p += 1 + b[p]
+    if p + 2 > n or p + 2 + _u16(b, p) != n:
+        raise _Unusual  # no extensions, or trailing bytes: rare, the careful walk says which
+    p += 2
+    names: tuple[bytes, ...] = ()
+    alpn: tuple[bytes, ...] = ()
+    ech = esni = False
+    seen = set()
+    while p < n:
+        if p + 4 > n:
+            raise _Unusual
+        etype, q = _u16(b, p), p + 4 + _u16(b, p + 2)
+        if q > n or etype in seen:
+            raise _Unusual
+        seen.add(etype)
+        if etype == ExtensionType.SERVER_NAME:
+            names = (_plain_name(b, p + 4, q),)
+        elif etype == ExtensionType.ALPN:
+            alpn = _plain_alpn(b, p + 4, q)
+        elif etype == ExtensionType.ENCRYPTED_CLIENT_HELLO:
+            ech = True
+        elif etype == ExtensionType.ENCRYPTED_SERVER_NAME:
+            esni = True
+        p = q
+    return ClientHello(names, alpn, _u16(b, 0), ech, esni, (), "", end)
+
+
+def _plain_name(b: bytes, p: int, q: int) -> bytes:
+    """A ServerNameList of exactly one plain host_name (RFC 6066 §3)."""
+    if p + 5 > q or _u16(b, p) != q - p - 2 or b[p + 2] != NAME_TYPE_HOST or _u16(b, p + 3) != q - p - 5:
+        raise _Unusual
+    key = b[p + 5 : q].lower()
+    if not key or key.endswith(b".") or key.translate(None, _HOST_BYTES):
+        raise _Unusual
+    return key
+
+
+def _plain_alpn(b: bytes, p: int, q: int) -> tuple[bytes, ...]:
+    if p + 2 > q or _u16(b, p) != q - p - 2:
+        raise _Unusual
+    out = []
+    p += 2
+    while p < q:
+        ln = b[p]
+        if not ln or p + 1 + ln > q:
+            raise _Unusual
+        out.append(b[p + 1 : p + 1 + ln])
+        p += 1 + ln
+    return tuple(out)
+
+
+def _careful(body: bytes, end: int) -> ClientHello:
+    """``parse_client_hello`` with a cursor: every anomaly flagged, the first error named."""
     h = _Hello()
     c = Cursor(body, error=TlsFormatError)
     version = 0

@@ -8,6 +8,8 @@ all makes the exit status 1 (the other files are still replayed).
 
 from __future__ import annotations
 
+import functools
+import gc
 import ipaddress
 import json
 import sys
@@ -44,11 +46,16 @@ def name_text(name: bytes | None) -> str:
     return "".join(chr(b) if 32 < b < 127 and b != 92 else f"\\{b:03o}" for b in name)
 
 
+@functools.lru_cache(maxsize=65536)
+def address(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
 def record(path: str, frame: int, e: Event) -> dict[str, Any]:
     rule = e.rule
     rec: dict[str, Any] = {
         "file": path, "frame": frame, "event": e.kind, "proto": e.proto,
-        "src": str(ipaddress.ip_address(e.flow.src)), "dst": str(ipaddress.ip_address(e.flow.dst)),
+        "src": address(e.flow.src), "dst": address(e.flow.dst),
         "sport": e.flow.sport, "dport": e.flow.dport, "name": name_text(e.name),
         "names": [name_text(n) for n in e.names], "verdict": e.verdict.value,
         "source": rule.source if rule is not None else None,
@@ -124,6 +131,10 @@ def replay(paths: Sequence[str], make_engine: Callable[[], SniEngine], out: Text
         rec = record(path, frame, e)
         print(json.dumps(rec, ensure_ascii=False) if as_json else line(rec), file=out)
 
+    # The compiled rules are millions of long-lived objects: keep the cycle collector from
+    # walking them again and again while packets allocate (the daemon's workers do the same).
+    gc.collect()
+    gc.freeze()
     malformed: Counter[tuple[str, str]] = Counter()
     for path in paths:
         engine = make_engine()
