@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= config/blockgate.yaml
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-reload clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-reload bench-sni clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -14,7 +14,8 @@ $(PY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml scripts/debian-packages.txt
+	@scripts/debian-packages.sh  # NetfilterQueue builds against libnetfilter-queue-dev
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
@@ -57,3 +58,6 @@ docs: $(STAMP)
 
 bench-reload: $(STAMP)
 	$(PY) bench/reload.py --rate 20000 --seconds 30
+
+bench-sni: $(STAMP) debs
+	$(PY) bench/sni.py --rounds 160 --nfqueue

@@ -5,7 +5,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 need=()
 while read -r cmd pkg; do
   [[ -z "$cmd" || "$cmd" == \#* ]] && continue
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+  if [[ "$cmd" == dpkg:* ]]; then  # a library without a command: ask dpkg
+    dpkg -s "${cmd#dpkg:}" >/dev/null 2>&1 || need+=("$pkg")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+  fi
 done < "$here/debian-packages.txt"
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

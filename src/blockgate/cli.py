@@ -11,11 +11,14 @@ from typing import Any, TextIO
 
 from blockgate import __version__
 from blockgate.adapters.control import STATUS_SOCKET, request
+from blockgate.adapters.nfqueue import iptables_rules, nft_rules
+from blockgate.adapters.replay import replay
 from blockgate.config import Config, load
 from blockgate.daemon import build_ruleset, run, setup_logging
 from blockgate.domain import to_unicode
-from blockgate.engine import Engine, LoadedSource, Lookup
+from blockgate.engine import Engine, LoadedSource, Lookup, SniEngine, make_sni_settings
 from blockgate.errors import ConfigError
+from blockgate.stats import Stats
 from blockgate.status import print_status
 
 EXIT_OK = 0
@@ -150,6 +153,36 @@ def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _ports(text: str) -> list[int]:
+    try:
+        ports = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ports: {text!r}") from None
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535: {text!r}")
+    return ports
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    ruleset, _s, _m = build_ruleset(config)
+    for ls in ruleset.loaded:
+        if ls.error:
+            print(f"warning: source {ls.config.name} not loaded: {ls.error}", file=sys.stderr)
+    settings = make_sni_settings(config.sni, args.ports)
+    return replay(args.files, lambda: SniEngine(ruleset.match, settings, Stats()), out, args.json)
+
+
+def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
+    config = read_config(args.config)
+    try:
+        text = nft_rules(config.sni) if args.nft else "\n".join(iptables_rules(config.sni))
+    except ValueError as exc:
+        raise ConfigError([f"{args.config}: {exc}"]) from None
+    print(text, file=out)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     config = read_config(args.config)
     setup_logging(str(config.log["level"]))
@@ -196,6 +229,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per name")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=cmd_lookup)
+    p = with_config("replay", "Decide the ClientHellos and DNS queries of pcap/pcapng captures.")
+    p.add_argument("--json", action="store_true", help="one JSON object per decision, then a summary")
+    p.add_argument("--ports", type=_ports, help="inspected TCP/UDP ports, comma-separated "
+                   "(default: sni.ports)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_replay)
+    p = with_config("rules", "Print the firewall rules that queue what sni.mode nfqueue inspects.")
+    fw = p.add_mutually_exclusive_group(required=True)
+    fw.add_argument("--nft", action="store_true", help="an nftables ruleset (nft -f)")
+    fw.add_argument("--iptables", action="store_true", help="iptables commands")
+    p.set_defaults(func=cmd_rules)
     p = with_config("run", "Serve DNS (and SNI enforcement) with the configured rules.")
     p.set_defaults(func=cmd_run)
     p = with_config("status", "Ask the running daemon: each source, its list in force, its last tries.")

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from blockgate.config import Config, SourceConfig
 from blockgate.dnsengine import Delivery, DnsEngine, make_settings, make_synth
 from blockgate.domain import input_key
 from blockgate.errors import DomainError
 from blockgate.lists.base import ParsedList
+from blockgate.sniengine import Decision, Event, SniEngine, make_sni_settings
+from blockgate.sniengine import Settings as SniSettings
 from blockgate.trie import Matcher, Rule, SourceInfo, compile_rules
 from blockgate.verdict import Verdict, verdict_of
 
@@ -84,6 +87,22 @@ class Engine:
         return Lookup(name, key, verdict_of(rule), rule)
 
 
-# The DNS decisions live in ``dnsengine``; adapters reach them through this facade.
-__all__ = ["Delivery", "DnsEngine", "Engine", "LoadedSource", "Lookup", "RuleSet",
-           "make_settings", "make_synth"]
+# The DNS decisions live in ``dnsengine``, the packet (SNI) decisions in ``sniengine``;
+# adapters reach them through this facade.
+class SupervisorLink(Protocol):
+    """A worker process's line to its supervisor (``adapters.control.Channel`` is one).
+
+    In: ``"stats"`` (report the counters now) and ``"drain"`` (finish and exit), or None
+    from ``receive`` once the supervisor is gone. Out: ``("ready",)`` once serving,
+    ``("stats", Stats)`` when asked, ``("final", Stats)`` last.
+    """
+
+    def fileno(self) -> int: ...
+
+    def send(self, message: Any) -> bool: ...
+
+    def receive(self) -> list[Any] | None: ...
+
+
+__all__ = ["Decision", "Delivery", "DnsEngine", "Engine", "Event", "LoadedSource", "Lookup", "RuleSet",
+           "SniEngine", "SniSettings", "SupervisorLink", "make_settings", "make_sni_settings", "make_synth"]

@@ -49,7 +49,7 @@ from blockgate.errors import ConfigError
 from blockgate.feeds import SourceState
 from blockgate.sources import Sources, background, compile_stored, malloc_trim
 from blockgate.stats import SourceMetrics, Stats
-from blockgate.workers import Slot, Worker, open_slots, serve_slot
+from blockgate.workers import Slot, Worker, open_slots, serve_slot, sni_slots
 
 log = logging.getLogger("blockgate")
 
@@ -168,7 +168,15 @@ class Supervisor:
         ages = [s.list_age for s in self.source_states() if s.in_force and s.list_age is not None]
         age = f"; oldest list {_age(max(ages))}" if ages else ""
         return (f"{self.in_force[0]} rules on {self.in_force[1]} names from {len(self.config.sources)} "
-                f"sources{age}; {len(self.slots)} workers")
+                f"sources{age}; {self.dns_workers} workers{self._sni_text()}")
+
+    @property
+    def dns_workers(self) -> int:
+        return sum(1 for s in self.slots if s.sni is None)
+
+    def _sni_text(self) -> str:
+        sni = [s for s in self.slots if s.sni is not None]
+        return f", SNI {sni[0].sni} x{len(sni)}" if sni else ""
 
     def status(self) -> dict[str, Any]:
         return {
@@ -203,6 +211,7 @@ class Supervisor:
         self._note_loaded(self.ruleset, time.perf_counter() - t0)
         try:
             self.slots = open_slots(self.listen, self.nworkers)
+            self.slots += sni_slots(self.config.sni, len(self.slots))
         except OSError as exc:
             log.error("cannot listen on %s: %s", ", ".join(self.listen), exc)
             return 1
@@ -421,7 +430,19 @@ class Supervisor:
         self.swap.ready_seconds = None
         for slot in self.slots:
             self.respawn.pop(slot.index, None)
+            if slot.sni == "nfqueue":
+                self._release_queue(slot)
             self._spawn(slot)
+
+    def _release_queue(self, slot: Slot) -> None:
+        """A queue has one reader: the worker holding it lets go before its successor binds
+        (which waits for it); meanwhile the kernel passes the packets (--queue-bypass)."""
+        for old in self.workers.values():
+            if old.slot == slot.index and old.state in ("serving", "starting"):
+                old.state = "draining"
+                old.deadline = time.monotonic() + DRAIN_GRACE
+                if not old.channel.send("drain"):
+                    _kill(old.pid, signal.SIGTERM)
 
     def _spawn(self, slot: Slot) -> None:
         if self.ruleset is None:
@@ -434,7 +455,7 @@ class Supervisor:
             try:
                 parent.close()
                 self._in_child(slot)
-                code = serve_slot(self.config, ruleset, slot, child, len(self.slots))
+                code = serve_slot(self.config, ruleset, slot, child, self.dns_workers)
             except BaseException:  # a worker reports and exits; it never returns into the loop
                 log.exception("worker %d failed", os.getpid())
             finally:
@@ -504,7 +525,8 @@ class Supervisor:
                     self.notifier.status(self.status_line())
             if not self.announced:
                 self.announced = True
-                log.info("ready: listening on %s (%d workers)", ", ".join(self.listen), len(self.slots))
+                log.info("ready: listening on %s (%d workers%s)", ", ".join(self.listen), self.dns_workers,
+                         self._sni_text())
                 self.notifier.ready(self.status_line())
             elif self.reload_pending and not (self.building or self.build_wanted):
                 self._reloaded()

@@ -11,28 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import selectors
 import signal
 import socket
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from blockgate.adapters.control import Channel
 from blockgate.adapters.dns_server import DnsServer, bind_tcp, bind_udp, entropy
-from blockgate.config import Config, parse_addr
+from blockgate.adapters.mirror import MirrorService
+from blockgate.adapters.nfqueue import QueueService
+from blockgate.config import Config, Section, parse_addr
 from blockgate.decisions import DecisionLog
 from blockgate.engine import DnsEngine, RuleSet, make_settings, make_synth
 from blockgate.stats import Stats
 
 GC_EVERY: Final = 30.0
+# An SNI worker looks at its supervisor's messages at least this often.
+TICK: Final = 0.5
+
+log = logging.getLogger("blockgate")
 
 
 @dataclass(slots=True)
 class Slot:
-    """The listen sockets one worker at a time serves."""
+    """What one worker at a time serves: DNS listen sockets, or (``sni`` set) an NFQUEUE
+    queue or the mirror port."""
 
     index: int
     udp: list[socket.socket]
     tcp: list[socket.socket]
+    sni: str | None = None  # "nfqueue" | "mirror"
+    queue: int = 0
 
 
 @dataclass(slots=True)
@@ -62,6 +73,8 @@ def make_server(config: Config, ruleset: RuleSet, workers: int = 1) -> DnsServer
 
 def serve_slot(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel, workers: int = 1) -> int:
     """A worker: serve the slot's sockets until SIGTERM, or drain when the supervisor says."""
+    if slot.sni is not None:
+        return serve_packets(config, ruleset, slot, channel)
     server = make_server(config, ruleset, workers)
     server.adopt(slot.udp, slot.tcp)
     stats = server.engine.stats
@@ -101,10 +114,76 @@ def serve_slot(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel, w
     return 0
 
 
+class PacketService(Protocol):
+    """An SNI adapter's packet source (``nfqueue.QueueService``, ``mirror.MirrorService``)."""
+
+    stats: Stats
+
+    def fileno(self) -> int: ...
+
+    def on_readable(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Stop(Exception):
+    """SIGTERM/SIGINT in an SNI worker: leave the loop."""
+
+
+def _raise_stop(_sig: int, _frame: object) -> None:
+    raise _Stop
+
+
+def serve_packets(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel) -> int:
+    """An SNI worker: verdicts for its queue (or mirror port) until SIGTERM or "drain";
+    counters on request and at the end, as the DNS workers do."""
+    decisions = DecisionLog(str(config.log["decisions"]), int(config.log["decisions_per_second"]))
+    try:
+        service: PacketService = (QueueService(config, ruleset, slot.queue, decisions)
+                                  if slot.sni == "nfqueue" else MirrorService(config, ruleset, decisions))
+    except OSError as exc:
+        log.error("SNI %s: cannot start: %s", slot.sni, exc)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_stop)
+    sel = selectors.DefaultSelector()
+    sel.register(service.fileno(), selectors.EVENT_READ, service.on_readable)
+    sel.register(channel.fileno(), selectors.EVENT_READ, None)
+    channel.send(("ready",))
+    try:
+        while True:
+            for key, _ in sel.select(TICK):
+                if key.data is not None:
+                    key.data()
+                    continue
+                messages = channel.receive()
+                if messages is None or "drain" in messages:  # the supervisor is gone, or a swap
+                    raise _Stop
+                if "stats" in messages:
+                    channel.send(("stats", service.stats))
+    except _Stop:
+        pass
+    finally:
+        sel.close()
+        service.close()
+    channel.send(("final", service.stats))
+    return 0
+
+
 async def _collect_cycles() -> None:
     while True:
         await asyncio.sleep(GC_EVERY)
         gc.collect()
+
+
+def sni_slots(sni: Section, first: int) -> list[Slot]:
+    """The SNI workers ``sni.mode`` asks for: one per NFQUEUE queue, or one for the mirror."""
+    mode = str(sni["mode"])
+    if mode == "nfqueue":
+        return [Slot(first + i, [], [], "nfqueue", int(q)) for i, q in enumerate(sni["queues"])]
+    if mode == "mirror":
+        return [Slot(first, [], [], "mirror")]
+    return []
 
 
 def open_slots(listen: list[str], workers: int) -> list[Slot]:

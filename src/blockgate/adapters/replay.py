@@ -1,0 +1,161 @@
+"""``blockgate replay``: capture files through the packet engine, one line per decision.
+
+Each file gets a fresh engine (flows never span files); frames are numbered from 1 as
+tshark numbers them, and a decision sits on the frame that completed its ClientHello or
+carried its DNS query. Bad records are counted and skipped; a file that cannot be read at
+all makes the exit status 1 (the other files are still replayed).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import ipaddress
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+from blockgate.engine import Event, SniEngine
+from blockgate.packet import PacketFormatError, ip_offset
+from blockgate.pcap import PcapFormatError, parse_capture
+
+EXIT_OK: Final = 0
+EXIT_UNREADABLE: Final = 1
+
+
+@dataclass(slots=True)
+class Totals:
+    files: int = 0
+    unreadable: int = 0
+    packets: int = 0
+    hellos: int = 0
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def name_text(name: bytes | None) -> str:
+    """A name for people: printable ASCII as it is, other bytes as ``\\ooo`` (as tshark)."""
+    if name is None:
+        return ""
+    if all(32 < b < 127 and b != 92 for b in name):
+        return name.decode("ascii")
+    return "".join(chr(b) if 32 < b < 127 and b != 92 else f"\\{b:03o}" for b in name)
+
+
+@functools.lru_cache(maxsize=65536)
+def address(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def record(path: str, frame: int, e: Event) -> dict[str, Any]:
+    rule = e.rule
+    rec: dict[str, Any] = {
+        "file": path, "frame": frame, "event": e.kind, "proto": e.proto,
+        "src": address(e.flow.src), "dst": address(e.flow.dst),
+        "sport": e.flow.sport, "dport": e.flow.dport, "name": name_text(e.name),
+        "names": [name_text(n) for n in e.names], "verdict": e.verdict.value,
+        "source": rule.source if rule is not None else None,
+        "category": rule.category if rule is not None else None,
+        "rule": rule.pattern if rule is not None else None,
+    }
+    if e.reason:
+        rec["reason"] = e.reason
+    h = e.hello
+    if h is not None:
+        rec.update(alpn=[name_text(a) for a in h.alpn], ech=h.ech, anomalies=list(h.anomalies))
+    return rec
+
+
+def line(rec: dict[str, Any]) -> str:
+    src = f"[{rec['src']}]" if ":" in rec["src"] else rec["src"]
+    dst = f"[{rec['dst']}]" if ":" in rec["dst"] else rec["dst"]
+    text = (f"{rec['file']}:{rec['frame']} {rec['proto']} {src}:{rec['sport']} -> {dst}:{rec['dport']} "
+            f"{rec['name'] or '-'} {rec['verdict']}")
+    reason = rec.get("reason")
+    if rec["event"] not in ("client_hello", "dns_query"):
+        text += f" ({rec['event']}{': ' + reason if reason and reason != rec['event'] else ''})"
+    elif reason:
+        text += f" (malformed: {reason})"
+    if rec["source"]:
+        text += f" source={rec['source']} rule={rec['rule']}"
+    return text
+
+
+def replay_file(path: str, engine: SniEngine, emit: Callable[[str, int, Event], None], totals: Totals,
+                err: TextIO) -> None:
+    """Every record of one capture through ``engine``; decisions go to ``emit``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        records = parse_capture(data)
+    except (OSError, PcapFormatError) as exc:
+        print(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=err)
+        totals.unreadable += 1
+        return
+    totals.files += 1
+    on_packet = engine.on_packet
+    frame = 0
+    now = 0.0
+    t0 = time.process_time()
+    try:
+        for linktype, now, raw, _orig in records:
+            frame += 1
+            try:
+                at = ip_offset(linktype, raw)
+            except PacketFormatError as exc:
+                engine.stats.malformed["link", exc.reason] += 1
+                continue
+            d = on_packet(raw[at:] if at else raw, now)
+            for e in d.events:
+                emit(path, frame, e)
+    except PcapFormatError as exc:
+        print(f"{path}: stops at record {frame + 1}: {exc}", file=err)
+    for e in engine.finish(now):
+        emit(path, frame, e)
+    totals.seconds += time.process_time() - t0
+    totals.packets += frame
+
+
+def replay(paths: Sequence[str], make_engine: Callable[[], SniEngine], out: TextIO, as_json: bool,
+           err: TextIO = sys.stderr) -> int:
+    """Replay ``paths``; print decisions and a summary; the exit status."""
+    totals = Totals()
+
+    def emit(path: str, frame: int, e: Event) -> None:
+        totals.decisions[e.proto, e.verdict.value] += 1
+        totals.hellos += e.kind == "client_hello"
+        rec = record(path, frame, e)
+        print(json.dumps(rec, ensure_ascii=False) if as_json else line(rec), file=out)
+
+    # The compiled rules are millions of long-lived objects: keep the cycle collector from
+    # walking them again and again while packets allocate (the daemon's workers do the same).
+    gc.collect()
+    gc.freeze()
+    malformed: Counter[tuple[str, str]] = Counter()
+    for path in paths:
+        engine = make_engine()
+        replay_file(path, engine, emit, totals, err)
+        malformed.update(engine.stats.malformed)
+    summary(totals, malformed, out, as_json)
+    return EXIT_UNREADABLE if totals.unreadable else EXIT_OK
+
+
+def summary(t: Totals, malformed: Counter[tuple[str, str]], out: TextIO, as_json: bool) -> None:
+    pps = t.packets / t.seconds if t.seconds > 0 else 0.0
+    if as_json:
+        print(json.dumps({
+            "summary": True, "files": t.files, "unreadable": t.unreadable, "packets": t.packets,
+            "client_hellos": t.hellos, "cpu_seconds": round(t.seconds, 6), "packets_per_second": round(pps),
+            "decisions": {f"{p}/{v}": n for (p, v), n in sorted(t.decisions.items())},
+            "malformed": {f"{c}/{r}": n for (c, r), n in sorted(malformed.items())},
+        }), file=out)
+        return
+    by = ", ".join(f"{p} {v} {n}" for (p, v), n in sorted(t.decisions.items())) or "none"
+    bad = ", ".join(f"{c} {r} {n}" for (c, r), n in sorted(malformed.items())) or "none"
+    print(f"summary: {t.files} files ({t.unreadable} unreadable), {t.packets} packets, "
+          f"{t.hellos} ClientHellos, {t.seconds:.3f} s CPU ({pps:,.0f} packets/s); decisions: {by}; "
+          f"malformed: {bad}", file=out)
