@@ -141,7 +141,9 @@ def report(results: Path) -> int:
         ("blocked QPS", "blocked_qps", True, ">=", 1.0),
         ("mix QPS", "mix_qps", True, ">=", 1.0),
         ("p99 at 5k QPS", "p99_ms", False, "<=", 1.0),
-        ("RSS", "rss_mib", False, "<=", 1 / 3),
+        # the process tree's proportional set size: blockgate is a supervisor and its workers
+        # sharing the rule set's pages, which a sum of RSS would count once per process
+        ("memory (PSS)", "pss_mib", False, "<=", 1 / 3),
         ("time to ready", "ready_s", False, "<=", 1 / 2),
     ]
     print("\nblockgate / dnsdist (best round of each):")
