@@ -1,7 +1,9 @@
 """Mirror mode against the real kernel: client, router and server namespaces joined by veth
 pairs; blockgate sniffs the router's client-side veth passively (nothing is held or dropped)
 and must still reset blocked flows at both ends, with the right sequence numbers, within a
-second, while allowed names complete. Killed, it leaves traffic alone.
+second, while allowed names complete. Killed, it leaves traffic alone. The server answers
+through a small proxy that delays its answers by SERVER_DELAY, as a server on the Internet
+does: a passive blocker races the server's reply, and it should win that race.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,49 @@ kernel = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 BLOCKED, ALLOWED = "blocked.example", "allowed.example"
 SERVER = "10.91.2.2"
+
+
+# One-way delay of the test server's answers (a server ~20 ms away).
+SERVER_DELAY = 0.02
+DELAY_PROXY = r"""
+import socket, sys, threading, time
+delay = float(sys.argv[1])
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("0.0.0.0", 443))
+ls.listen(64)
+
+def pump(a, b, wait):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            time.sleep(wait)
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+while True:
+    client, _ = ls.accept()
+    server = socket.create_connection(("127.0.0.1", 4443))
+    threading.Thread(target=pump, args=(client, server, 0.0), daemon=True).start()
+    threading.Thread(target=pump, args=(server, client, delay), daemon=True).start()
+"""
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
 
 
 class Topology:
@@ -48,8 +94,13 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                f"ip link set {ms} up; sysctl -qw net.ipv4.ip_forward=1")
         srv.sh(f"ip addr add {SERVER}/24 dev {s}; ip link set {s} up; ip route add default via 10.91.2.1")
         cert, key = make_cert(tmp)
-        srv.start(["openssl", "s_server", "-accept", "443", "-cert", str(cert), "-key", str(key), "-www",
-                   "-quiet"], tmp / "server.log")
+        srv.start(["openssl", "s_server", "-accept", "127.0.0.1:4443", "-cert", str(cert), "-key", str(key),
+                   "-www", "-quiet"], tmp / "server.log")
+        # The server as the Internet has it: its answers arrive SERVER_DELAY after the
+        # request (veth alone answers in microseconds, which no passive blocker can race;
+        # this kernel has no netem to add the delay to the link itself).
+        srv.start([sys.executable, "-c", DELAY_PROXY, str(SERVER_DELAY)], tmp / "proxy.log")
+        wait_for(lambda: srv.run("sh", "-c", "ss -ltn | grep -q ':443 '", check=False).returncode == 0, 10)
         t = Topology(cli, mid, srv, mc, tmp)
         cfg = write_config(tmp, [BLOCKED], {"mode": "mirror", "interface": mc, "rst_burst": 2})
         t.proc = mid.start(blockgate("run", "--config", str(cfg)), t.log)
