@@ -13,8 +13,7 @@ from blockgate import __version__
 from blockgate.adapters.control import STATUS_SOCKET, request
 from blockgate.adapters.nfqueue import iptables_rules, nft_rules
 from blockgate.adapters.replay import replay
-from blockgate.config import Config, load
-from blockgate.daemon import build_ruleset, run, setup_logging
+from blockgate.daemon import build_ruleset, load_config, run, setup_logging
 from blockgate.domain import to_unicode
 from blockgate.engine import Engine, LoadedSource, Lookup, SniEngine, make_sni_settings
 from blockgate.errors import ConfigError
@@ -24,18 +23,6 @@ from blockgate.status import print_status
 EXIT_OK = 0
 EXIT_SOURCE_FAILED = 1
 EXIT_BAD_CONFIG = 2
-
-
-def read_config(path: str) -> Config:
-    """Read and validate a config file. raises ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
-    return load(text, file=path, base=os.path.dirname(os.path.abspath(path)))
 
 
 def _mib(n: int) -> str:
@@ -61,7 +48,7 @@ def _source_record(ls: LoadedSource) -> dict[str, Any]:
 
 
 def cmd_compile(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     ruleset, seconds, memory = build_ruleset(config)
     records = [_source_record(ls) for ls in ruleset.loaded]
     m = ruleset.matcher
@@ -126,7 +113,7 @@ def lookup_record(lk: Lookup) -> dict[str, Any]:
 
 
 def cmd_lookup(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     ruleset, _s, _m = build_ruleset(config)
     for ls in ruleset.loaded:
         if ls.error:
@@ -164,7 +151,7 @@ def _ports(text: str) -> list[int]:
 
 
 def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     ruleset, _s, _m = build_ruleset(config)
     for ls in ruleset.loaded:
         if ls.error:
@@ -174,7 +161,7 @@ def cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     try:
         text = nft_rules(config.sni) if args.nft else "\n".join(iptables_rules(config.sni))
     except ValueError as exc:
@@ -184,13 +171,13 @@ def cmd_rules(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     setup_logging(str(config.log["level"]))
     return run(config, args.config)
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     path = os.path.join(config.state_dir, STATUS_SOCKET)
     try:
         doc = request(path)
@@ -205,7 +192,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
-    config = read_config(args.config)
+    config = load_config(args.config)
     print(f"{args.config}: ok, {len(config.sources)} sources", file=out)
     return EXIT_OK
 
