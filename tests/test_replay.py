@@ -121,3 +121,40 @@ def test_split_hello_decided_on_the_completing_frame(tmp_path: Path, names: list
     res = replay(config(tmp_path, names), "--json", str(PCAPS / "tls-ch-split-3seg-mtu300.pcap"))
     recs = [json.loads(x) for x in res.stdout.splitlines()[:-1]]
     assert {r["frame"]: r["verdict"] for r in recs} == verdicts
+
+
+def test_json_lines_are_exactly_what_the_json_module_writes(tmp_path: Path) -> None:
+    """``json_line`` writes the record directly; it must be ``json.dumps`` of ``record``,
+    byte for byte, for every event of every capture and for awkward names."""
+    from test_sniengine import matcher
+
+    from blockgate.adapters.replay import json_line, record
+    from blockgate.engine import Event, SniEngine
+    from blockgate.packet import FlowId, ip_offset
+    from blockgate.pcap import parse_capture
+    from blockgate.sniengine import Settings
+    from blockgate.stats import Stats
+    from blockgate.tls import ClientHello
+    from blockgate.verdict import Verdict
+
+    match = matcher(["google.com", "cloudflare-ech.com"], ["dns.google"]).match
+    events: list[Event] = []
+    for name in FILES:
+        engine = SniEngine(match, Settings(frozenset({443, 4443, 8013, 8443})), Stats())
+        for rec in parse_capture((PCAPS / name).read_bytes()):
+            try:
+                at = ip_offset(rec.linktype, rec.data)
+            except Exception:
+                continue
+            events.extend(engine.on_packet(rec.data[at:], rec.ts).events)
+        events.extend(engine.finish(1e12))
+    assert len(events) > 100 and any(e.rule is not None for e in events)
+    flow = FlowId(6, bytes(16), bytes(range(16)), 1, 443)
+    odd = ClientHello((b'a"b\\c', "ü".encode(), b"\x00\x7f"), alpn=(b"h2", b'"'), ech=True,
+                      anomalies=("dup-ext",))
+    events.append(Event("client_hello", "tls", flow, Verdict.UNKNOWN, odd.names[0], odd.names, None, odd,
+                        "x\ny"))
+    for i, e in enumerate(events):
+        path = ["plain.pcap", 'dir "quoted"/\u00e9.pcap'][i % 2]
+        want = json.dumps(record(path, i + 1, e), ensure_ascii=False) + "\n"
+        assert json_line(json.dumps(path, ensure_ascii=False), i + 1, e) == want

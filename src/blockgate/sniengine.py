@@ -153,7 +153,7 @@ MALFORMED: Final = Decision(Verdict.UNKNOWN)
 class Flow:
     """Per-flow state while a ClientHello (or DNS message) is being read."""
 
-    __slots__ = ("dcid", "decided", "hellos", "id", "isn", "last", "need", "proto", "stream")
+    __slots__ = ("dcid", "decided", "hellos", "id", "isn", "last", "need", "proto", "seen", "stream")
 
     def __init__(self, fid: FlowId, proto: str, isn: int, limit: int, now: float) -> None:
         self.id = fid
@@ -164,6 +164,7 @@ class Flow:
         self.hellos = 0
         self.decided = False  # QUIC: the ClientHello was decided (later Initials pass)
         self.dcid: bytes | None = None  # QUIC: DCID of the client's first Initial
+        self.seen: bytes | None = None  # QUIC: another DCID its decided Initials carried
         self.last = now
 
 
@@ -191,8 +192,9 @@ class SniEngine:
         A tunnel packet (IP in IP, GTP-U) is decided by the packet inside it; its decision
         then has no ``packet`` (RSTs would need the tunnel headers).
         """
-        if not self._wanted(data):
-            return PASS
+        fast = self._fast(data, now)
+        if fast is not None:
+            return fast
         try:
             p = parse_ip(data)
             tunneled = inner(p)
@@ -222,16 +224,68 @@ class SniEngine:
                 return self._tcp(p, now, events, True)
         return self._with(PASS, events)
 
-    def _wanted(self, data: bytes) -> bool:
-        """A look at the destination port without parsing: most packets are server replies
-        or other traffic, and answering them costs no object. Anything unusual (IPv4
-        options, other protocols, IPv6 extension headers, fragments, short packets) takes
-        the full parse."""
-        if len(data) >= 44 and data[0] == 0x45 and not (data[6] & 0x3F or data[7]) and data[9] in (6, 17):
-            return ((data[22] << 8) | data[23]) in self.wanted
-        if len(data) >= 64 and data[0] >> 4 == 6 and data[6] in (6, 17):
-            return ((data[42] << 8) | data[43]) in self.wanted
-        return True
+    def _fast(self, data: bytes, now: float) -> Decision | None:
+        """The answer from the raw bytes when the packet needs no parse, else None.
+
+        Most packets are server replies, other traffic, or later packets of flows already
+        decided; answering them from the header fields costs no object. This covers IPv4
+        without options and IPv6 without extension headers, unfragmented TCP and UDP whose
+        length fields agree with the bytes; anything unusual (and any packet when flows are
+        due to expire, so that their events are not lost) takes the full parse.
+        """
+        n = len(data)
+        if n >= 40 and data[0] == 0x45:
+            if data[6] & 0x3F or data[7]:
+                return None  # a fragment
+            proto, t = data[9], 20
+        elif n >= 48 and data[0] >> 4 == 6:
+            proto, t = data[6], 40
+        else:
+            return None
+        if proto == 6:
+            if n < t + 20:
+                return None
+        elif proto != 17 or n < t + 8:
+            return None
+        dport = (data[t + 2] << 8) | data[t + 3]
+        if dport not in self.wanted:
+            return PASS
+        if (dport not in self.ports or now >= self.tcp.next_sweep or now >= self.udp.next_sweep
+                or (((data[2] << 8) | data[3]) if t == 20 else 40 + ((data[4] << 8) | data[5])) != n):
+            return None
+        key = (data[12:20] if t == 20 else data[8:40]) + bytes((proto,)) + data[t : t + 4]
+        if proto == 6:
+            flags = data[t + 13]
+            if flags & 0x06:  # SYN or RST: flow state changes
+                return None
+            off = (data[t + 12] >> 4) * 4
+            empty = off >= 20 and t + off == n
+            flow = self.tcp.flows.get(key)
+            if flow is not None:
+                if not empty:
+                    return None
+                flow.last = now
+                return PASS
+            if key in self.blocked.keys:
+                return DROP
+            if empty or key in self.done.keys:
+                return PASS
+            return None
+        if key in self.blocked.keys:
+            return DROP
+        if n == t + 8 or not data[t + 8] & 0x80:
+            return PASS  # a short header (or nothing): never an Initial
+        flow = self.udp.flows.get(key)
+        if flow is None or not flow.decided or n < t + 14:
+            return None
+        # A decided flow's later Initials pass unopened while their DCID is one already
+        # seen on it (a new DCID may be a restart after a Retry: that one is opened).
+        at = t + 14
+        dcid = data[at : at + data[at - 1]]
+        if dcid == flow.dcid or dcid == flow.seen:
+            flow.last = now
+            return PASS
+        return None
 
     def blocked_reply(self, data: bytes) -> Packet | None:
         """A server's TCP segment on a flow this engine blocked, else None: a passive box
@@ -362,6 +416,8 @@ class SniEngine:
             self._add(self.udp, key, flow, events)
         flow.last = now
         block = self._crypto(key, flow, dg.initials, events)
+        if flow.decided and not any(i.rekeyed for i in dg.initials):
+            flow.seen = dg.initials[-1].dcid
         if block is None:
             return self._decided(events)
         self.blocked.add(key, block)
