@@ -431,8 +431,20 @@ class SniEngine:
                 flow.stream, flow.need = Reassembler(self.settings.max_flow_bytes), 0
             if flow.decided or flow.stream is None:
                 continue
-            # in offset order, most frames append (Chrome scatters them within a packet)
-            for offset, data in sorted(ini.crypto, key=_first):
+            # In offset order, most frames append (Chrome scatters them within a packet);
+            # frames that follow each other go in as one piece.
+            frames = sorted(ini.crypto, key=_first) if len(ini.crypto) > 1 else ini.crypto
+            if not frames:
+                continue
+            first = frames[0][0]
+            expect = first
+            for offset, data in frames:
+                if offset != expect:
+                    break
+                expect += len(data)
+            else:
+                frames = ((first, b"".join([data for _, data in frames])),)
+            for offset, data in frames:
                 if not flow.stream.add(offset, data):
                     self._give_up(self.udp, key, flow, Kind.OVERFLOW, events)
                     return None

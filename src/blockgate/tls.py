@@ -261,6 +261,12 @@ def _u16(b: bytes, at: int) -> int:
     return (b[at] << 8) | b[at + 1]
 
 
+_SNI: Final = int(ExtensionType.SERVER_NAME)
+_ALPN: Final = int(ExtensionType.ALPN)
+_ECH: Final = int(ExtensionType.ENCRYPTED_CLIENT_HELLO)
+_WATCHED: Final = frozenset({_SNI, _ALPN, _ECH, int(ExtensionType.ENCRYPTED_SERVER_NAME)})
+
+
 def _plain(b: bytes, end: int) -> ClientHello:
     n = len(b)
     if n < 38 or b[34] > MAX_SESSION_ID:
@@ -283,18 +289,19 @@ def _plain(b: bytes, end: int) -> ClientHello:
     while p < n:
         if p + 4 > n:
             raise _Unusual
-        etype, q = _u16(b, p), p + 4 + _u16(b, p + 2)
+        etype, q = (b[p] << 8) | b[p + 1], p + 4 + ((b[p + 2] << 8) | b[p + 3])
         if q > n or etype in seen:
             raise _Unusual
         seen.add(etype)
-        if etype == ExtensionType.SERVER_NAME:
-            names = (_plain_name(b, p + 4, q),)
-        elif etype == ExtensionType.ALPN:
-            alpn = _plain_alpn(b, p + 4, q)
-        elif etype == ExtensionType.ENCRYPTED_CLIENT_HELLO:
-            ech = True
-        elif etype == ExtensionType.ENCRYPTED_SERVER_NAME:
-            esni = True
+        if etype in _WATCHED:  # plain ints: an IntEnum comparison per extension adds up
+            if etype == _SNI:
+                names = (_plain_name(b, p + 4, q),)
+            elif etype == _ALPN:
+                alpn = _plain_alpn(b, p + 4, q)
+            elif etype == _ECH:
+                ech = True
+            else:
+                esni = True
         p = q
     return ClientHello(names, alpn, _u16(b, 0), ech, esni, (), "", end)
 
