@@ -140,8 +140,9 @@ _PROFILES: Final[dict[int, _Profile]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Initial:
+# NamedTuples, not frozen dataclasses: several are made per ClientHello, and a frozen
+# dataclass's __init__ (one object.__setattr__ per field) cost several times as much.
+class Initial(NamedTuple):
     """One decrypted client Initial packet."""
 
     version: int
@@ -156,8 +157,7 @@ class Initial:
     rekeyed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
+class Datagram(NamedTuple):
     """What one UDP datagram carried.
 
     ``error`` is the reason of the first packet that could not be used when some Initial

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from blockgate.config import Section
 from blockgate.dnswire import DnsFormatError, parse_query
@@ -79,8 +79,9 @@ class Settings:
     dns: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+# NamedTuples, not frozen dataclasses: several are made per ClientHello, and a frozen
+# dataclass's __init__ (one object.__setattr__ per field) cost several times as much.
+class Event(NamedTuple):
     """One decision about a flow: a ClientHello or DNS query decided, or a flow given up.
 
     ``name``: the name that decided (the first blocked one, else the first allowed, else
@@ -103,8 +104,7 @@ class Event:
         return self.kind in (Kind.HELLO, Kind.QUERY)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict for one packet and the decisions it completed.
 
     ``verdict``: ``block`` means drop this packet. On a TCP packet that completed a blocked

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 from blockgate.cursor import Cursor
 from blockgate.errors import FormatError
@@ -79,8 +79,9 @@ MAX_SESSION_ID: Final = 32
 _HOST_BYTES: Final = b"abcdefghijklmnopqrstuvwxyz0123456789-._"
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+# NamedTuples, not frozen dataclasses: several are made per ClientHello, and a frozen
+# dataclass's __init__ (one object.__setattr__ per field) cost several times as much.
+class ClientHello(NamedTuple):
     """One ClientHello. ``names``: every host_name of the server_name extension(s), as keys,
     in order; empty when there is none. ``ech``: an encrypted_client_hello extension was
     present (then the name is the provider's public name, or the real one for ECH GREASE).
