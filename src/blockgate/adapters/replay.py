@@ -82,6 +82,18 @@ def _jlist(items: Sequence[str]) -> str:
     return "[" + ", ".join(map(_js, items)) + "]"
 
 
+# Names repeat across flows (popular services, every ClientHello's ALPN list): their JSON
+# text is kept, bounded.
+@functools.lru_cache(maxsize=65536)
+def _jname(name: bytes | None) -> str:
+    return _js(name_text(name))
+
+
+@functools.lru_cache(maxsize=65536)
+def _jnames(names: tuple[bytes, ...]) -> str:
+    return _jlist([name_text(n) for n in names])
+
+
 def _jopt(s: str | None) -> str:
     return "null" if s is None else _js(s)
 
@@ -94,8 +106,8 @@ def json_line(path_js: str, frame: int, e: Event) -> str:
     rule, flow = e.rule, e.flow
     text = (f'{{"file": {path_js}, "frame": {frame}, "event": "{e.kind}", "proto": "{e.proto}", '
             f'"src": "{address(flow.src)}", "dst": "{address(flow.dst)}", "sport": {flow.sport}, '
-            f'"dport": {flow.dport}, "name": {_js(name_text(e.name))}, '
-            f'"names": {_jlist([name_text(n) for n in e.names])}, "verdict": "{e.verdict.value}", ')
+            f'"dport": {flow.dport}, "name": {_jname(e.name)}, '
+            f'"names": {_jnames(e.names)}, "verdict": "{e.verdict.value}", ')
     if rule is None:
         text += '"source": null, "category": null, "rule": null'
     else:
@@ -105,7 +117,7 @@ def json_line(path_js: str, frame: int, e: Event) -> str:
         text += f', "reason": {_js(e.reason)}'
     h = e.hello
     if h is not None:
-        text += (f', "alpn": {_jlist([name_text(a) for a in h.alpn])}, '
+        text += (f', "alpn": {_jnames(h.alpn)}, '
                  f'"ech": {"true" if h.ech else "false"}, "anomalies": {_jlist(h.anomalies)}')
     return text + "}\n"
 
