@@ -416,8 +416,12 @@ class SniEngine:
             self._add(self.udp, key, flow, events)
         flow.last = now
         block = self._crypto(key, flow, dg.initials, events)
-        if flow.decided and not any(i.rekeyed for i in dg.initials):
-            flow.seen = dg.initials[-1].dcid
+        if flow.decided:
+            for ini in dg.initials:
+                if ini.rekeyed:
+                    break
+            else:
+                flow.seen = dg.initials[-1].dcid
         if block is None:
             return self._decided(events)
         self.blocked.add(key, block)
@@ -425,6 +429,9 @@ class SniEngine:
 
     def _crypto(self, key: bytes, flow: Flow, initials: tuple[Initial, ...],
                 events: list[Event]) -> Event | None:
+        # The usual first Initial carries the whole ClientHello from offset 0: it is read
+        # straight from the frames, and the stream only keeps it if more must follow.
+        whole: bytes | None = None
         for ini in initials:
             if ini.rekeyed:  # after a Retry the client starts its CRYPTO stream over
                 flow.dcid, flow.decided = ini.dcid, False
@@ -443,16 +450,26 @@ class SniEngine:
                     break
                 expect += len(data)
             else:
-                frames = ((first, b"".join([data for _, data in frames])),)
+                joined = b"".join([data for _, data in frames])
+                fresh = flow.stream
+                if (first == 0 and len(initials) == 1 and fresh.start == 0 and not fresh.pieces
+                        and len(joined) <= fresh.limit):
+                    whole = joined
+                    continue
+                frames = ((first, joined),)
             for offset, data in frames:
                 if not flow.stream.add(offset, data):
                     self._give_up(self.udp, key, flow, Kind.OVERFLOW, events)
                     return None
         stream = flow.stream
-        if flow.decided or stream is None or stream.contiguous() < flow.need:
-            return None
+        if whole is None:
+            if flow.decided or stream is None or stream.contiguous() < flow.need:
+                return None
+            data = stream.data()
+        else:
+            data = whole
         try:
-            res = read_handshake(stream.data())
+            res = read_handshake(data)
         except TlsFormatError as exc:
             self.stats.malformed["quic", exc.reason] += 1
             self.stats.sni_flows["quic", Verdict.UNKNOWN.value] += 1
@@ -460,6 +477,8 @@ class SniEngine:
             flow.decided, flow.stream = True, None
             return None
         if isinstance(res, NeedMore):
+            if whole is not None and stream is not None:
+                stream.add(0, whole)  # within the limit: checked above
             flow.need = res.need
             return None
         event = self._hello(flow, res)
