@@ -29,6 +29,7 @@ Every ``parse_*`` raises only QuicFormatError; anything else is a bug.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
@@ -309,17 +310,23 @@ def _truncated(pos: int) -> QuicFormatError:
     return QuicFormatError(f"long header cut short at offset {pos}", "truncated")
 
 
-def _hvarint(data: bytes, pos: int, n: int) -> tuple[int, int]:
-    """A variable-length integer of a header field at ``pos``: (value, position after it)."""
-    if pos >= n:
-        raise _truncated(pos)
-    first = data[pos]
+def _cut(pos: int) -> QuicFormatError:
+    return QuicFormatError(f"frame cut short at offset {pos}", "frame")
+
+
+def _varint(buf: bytes, pos: int, end: int,
+            short: Callable[[int], QuicFormatError] = _cut) -> tuple[int, int]:
+    """RFC 9000 §16 variable-length integer at ``pos``: (value, position after it); a read
+    past ``end`` raises ``short(pos)`` (a frame's or a header's error)."""
+    if pos >= end:
+        raise short(pos)
+    first = buf[pos]
     if first < 0x40:
         return first, pos + 1
     size = 1 << (first >> 6)
-    if pos + size > n:
-        raise _truncated(pos)
-    return int.from_bytes(data[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1), pos + size
+    if pos + size > end:
+        raise short(pos)
+    return int.from_bytes(buf[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1), pos + size
 
 
 def _header(data: bytes, pos: int, walk: _Walk) -> _Header | None:
@@ -360,12 +367,12 @@ def _header(data: bytes, pos: int, walk: _Walk) -> _Header | None:
         return None
     token = b""
     if kind is _I:
-        ln, p = _hvarint(data, p, n)
+        ln, p = _varint(data, p, n, _truncated)
         if p + ln > n:
             raise _truncated(p)
         token = data[p : p + ln]
         p += ln
-    length, p = _hvarint(data, p, n)
+    length, p = _varint(data, p, n, _truncated)
     if p + length > n:
         raise _truncated(p)
     return _Header(pos, version, kind, cids[0], cids[1], token, p, p + length)
@@ -415,23 +422,6 @@ def _try_open(data: bytes, h: _Header, sample: bytes, opener: _Opener) -> tuple[
 # Frames are read with index arithmetic, not Cursor: a Chrome Initial holds a dozen frames
 # and some 30 variable-length integers, and a method call per field was most of the cost of
 # a whole Initial (bench/quic.py). Every read is still bounds-checked.
-
-
-def _cut(pos: int) -> QuicFormatError:
-    return QuicFormatError(f"frame cut short at offset {pos}", "frame")
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """RFC 9000 §16 variable-length integer at ``pos``: (value, position after it)."""
-    if pos >= end:
-        raise _cut(pos)
-    first = buf[pos]
-    if first < 0x40:
-        return first, pos + 1
-    size = 1 << (first >> 6)
-    if pos + size > end:
-        raise _cut(pos)
-    return int.from_bytes(buf[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1), pos + size
 
 
 def _skip_ack(buf: bytes, pos: int, end: int, ecn: bool) -> int:
