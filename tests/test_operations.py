@@ -180,7 +180,7 @@ def test_notify_ready_watchdog_reload_stop(notified: Notified) -> None:
     assert listener.poll(_has("READY"), 20), (tmp := config.parent / "daemon.log").read_text()
     ready = next(m for m in listener.messages if "READY" in m)
     assert ready["READY"] == "1"
-    assert ready["STATUS"].startswith("1 rules on 1 names from 1 sources") and "2 workers" in ready["STATUS"]
+    assert ready["STATUS"].startswith("1 rule on 1 name from 1 source") and "2 workers" in ready["STATUS"]
     # the watchdog is fed at half of WATCHDOG_USEC: a few pings within two seconds
     n = len(listener.messages)
     assert listener.poll(lambda ms: sum("WATCHDOG" in m for m in ms[n:]) >= 2, 3), tmp.read_text()

@@ -167,8 +167,9 @@ class Supervisor:
         """systemd's STATUS=: what is served, and how old the oldest list in force is."""
         ages = [s.list_age for s in self.source_states() if s.in_force and s.list_age is not None]
         age = f"; oldest list {_age(max(ages))}" if ages else ""
-        return (f"{self.in_force[0]} rules on {self.in_force[1]} names from {len(self.config.sources)} "
-                f"sources{age}; {self.dns_workers} workers{self._sni_text()}")
+        return (f"{_count(self.in_force[0], 'rule')} on {_count(self.in_force[1], 'name')} from "
+                f"{_count(len(self.config.sources), 'source')}{age}; "
+                f"{_count(self.dns_workers, 'worker')}{self._sni_text()}")
 
     @property
     def dns_workers(self) -> int:
@@ -420,8 +421,8 @@ class Supervisor:
                 log.error("source %s: the stored copy does not load: %s", ls.config.name, ls.error)
         self.swap.compile_seconds = seconds
         self.in_force = (ruleset.rules, ruleset.matcher.names)
-        log.info("%d rules on %d names from %d sources, compiled in %.2f s",
-                 ruleset.rules, ruleset.matcher.names, len(ruleset.loaded), seconds)
+        log.info("%s on %s from %s, compiled in %.2f s", _count(ruleset.rules, "rule"),
+                 _count(ruleset.matcher.names, "name"), _count(len(ruleset.loaded), "source"), seconds)
 
     def _fork_generation(self) -> None:
         gc.freeze()  # the rules stay in pages shared with the workers
@@ -620,6 +621,10 @@ def _counters(t: Stats) -> dict[str, Any]:
     return {"dns_queries": {f"{tr}/{action}": n for (tr, action), n in sorted(t.dns_queries().items())},
             "blocked": {"/".join(k): n for k, n in sorted(t.blocks().items())},
             "internal_errors": t.internal_errors}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _age(seconds: float) -> str:
