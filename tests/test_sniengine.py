@@ -351,6 +351,25 @@ def test_quic_hello_cut_everywhere_and_reordered(name: str) -> None:
         assert run(eng, [first])[0].verdict is Verdict.BLOCK  # later Initials of the flow are dropped
 
 
+def test_decided_quic_flow_opens_later_initials_only_for_a_new_dcid() -> None:
+    """After its ClientHello a flow's later Initials pass unopened while their DCID is one
+    already seen on it; an Initial with a new DCID (a restart after a Retry has one) is
+    still opened. Shown with bytes that would not authenticate: only the second counts."""
+    ch = QUIC_HELLOS["quic-v1-curl-http3.pcap"]
+    eng = engine()
+    hello = udp(initial(pad(crypto_frame(0, ch)), dcid=RFC_DCID, pn=0))
+    assert run(eng, [hello])[0].events[0].kind == Kind.HELLO
+    forged = bytearray(hello)
+    forged[-20] ^= 0xFF
+    d = eng.on_packet(bytes(forged), 2.0)
+    assert d.verdict is Verdict.PASS and not d.events and sum(eng.stats.malformed.values()) == 0
+    other = bytearray(udp(initial(pad(crypto_frame(0, ch)), dcid=b"\x01" * 8, pn=1)))
+    other[-20] ^= 0xFF
+    d = eng.on_packet(bytes(other), 3.0)
+    assert d.verdict is Verdict.PASS and not d.events
+    assert eng.stats.malformed["quic", "decrypt"] == 1
+
+
 def test_quic_garbage_is_counted_not_decided() -> None:
     eng = engine()
     d = eng.on_packet(udp(b"\xc0\x00\x00\x00\x01\x08" + bytes(1200)), 0.0)
