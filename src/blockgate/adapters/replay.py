@@ -57,7 +57,7 @@ def name_text(name: bytes | None) -> str:
 @functools.lru_cache(maxsize=65536)
 def address(raw: bytes) -> str:
     if len(raw) == 4:  # dotted quad directly: ``ipaddress`` takes ~5 us per new address
-        return "%d.%d.%d.%d" % (raw[0], raw[1], raw[2], raw[3])
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
     return str(ipaddress.ip_address(raw))
 
 
