@@ -11,6 +11,7 @@ must flow again (``--queue-bypass``).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -171,6 +172,68 @@ def test_swap_rebinds_the_queue(setup: Setup) -> None:
         deadline = time.monotonic() + 15
         while curl(setup.ns, ALLOWED, LOCAL).stdout != "200" and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+FLOOD_SCRIPT = r"""
+import socket, struct, sys, time
+n, wait = int(sys.argv[1]), float(sys.argv[2])
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); rx.bind(("127.0.0.1", 443))
+rx.setsockopt(socket.SOL_SOCKET, 33, 1 << 24); rx.settimeout(0.2)  # SO_RCVBUFFORCE
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+raw.setsockopt(socket.SOL_SOCKET, 32, 1 << 26)  # SO_SNDBUFFORCE: queued packets hold it
+payload = b"x" * 32
+loop = bytes([127, 0, 0, 1])
+for i in range(n):  # distinct flows: the ruleset queues the first packets of each
+    udp = struct.pack("!HHHH", 1024 + i, 443, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, loop, loop)
+    raw.sendto(ip + udp, ("127.0.0.1", 0))
+got, deadline = 0, time.monotonic() + wait
+while time.monotonic() < deadline:
+    try:
+        rx.recv(2048); got += 1
+    except socket.timeout:
+        pass
+print(got)
+"""
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+@kernel
+def test_a_full_queue_fails_open(setup: Setup) -> None:
+    """Workers that stop reading (SIGSTOP): the kernel queue fills up (MAX_LEN packets) and
+    the packets after it are accepted (NFQA_CFG_F_FAIL_OPEN), not dropped; once the workers
+    go on, the queued ones get their verdicts too."""
+    from blockgate.adapters.nfqueue import MAX_LEN
+
+    assert setup.proc is not None and "fail-open)" in setup.log.read_text()
+    workers = children(setup.proc.pid)
+    extra = 1500
+    for w in workers:
+        os.kill(w, signal.SIGSTOP)
+    try:
+        cmd = setup.ns.cmd(sys.executable, "-c", FLOOD_SCRIPT, str(MAX_LEN + extra), "2.0")
+        flood = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        stopped_out, _ = flood.communicate(timeout=30)
+    finally:
+        for w in workers:
+            os.kill(w, signal.SIGCONT)
+    arrived = int(stopped_out)
+    assert extra * 0.9 <= arrived <= extra + 16, arrived  # the overflow passed, the queue held
+
+    def waiting() -> int:  # /proc/net/netfilter/nfnetlink_queue: queue, portid, packets waiting, ...
+        return sum(int(line.split()[2]) for line in
+                   setup.ns.run("cat", "/proc/net/netfilter/nfnetlink_queue").stdout.splitlines())
+
+    deadline = time.monotonic() + 10
+    while waiting() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert waiting() == 0  # the queued ones got their verdicts
+    out = setup.ns.run(sys.executable, "-c", FLOOD_SCRIPT, "200", "1.0").stdout
+    assert int(out) == 200  # and new flows are decided again
 
 
 @kernel

@@ -12,10 +12,12 @@ ruleset printed by ``blockgate rules``). For each packet the engine decides:
   dropped), so both fail fast instead of retransmitting into a black hole. QUIC flows
   simply lose their Initials (no RST exists for UDP; browsers fall back to TCP).
 
-Fail-open: the rules use ``--queue-bypass`` (no worker bound: the kernel accepts), a
-worker that cannot decide a packet accepts it, and anything unexpected at this edge is
-counted in ``internal_errors``, logged at most once per ``LOG_EVERY`` seconds, and the
-packet still gets its verdict.
+Fail-open: the rules use ``--queue-bypass`` (no worker bound: the kernel accepts); each
+bound queue is configured with ``NFQA_CFG_F_FAIL_OPEN`` (a full queue: the kernel accepts
+instead of dropping; python-netfilterqueue has no call for it, so the netlink message is
+sent here on its socket); a worker that cannot decide a packet accepts it, and anything
+unexpected at this edge is counted in ``internal_errors``, logged at most once per
+``LOG_EVERY`` seconds, and the packet still gets its verdict.
 
 RSTs are sent from raw sockets carrying ``sni.mark + 1`` (SO_MARK), which the ruleset
 accepts before the connmark drop: they belong to the blocked connection too.
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -51,6 +55,14 @@ QUEUE_PACKETS: Final = 16
 MAX_LEN: Final = 4096
 SOCK_LEN: Final = 8 << 20
 CHAIN: Final = "BLOCKGATE"
+# linux/netfilter/nfnetlink.h and nfnetlink_queue.h: the queue's configuration message.
+NETLINK_NETFILTER: Final = 12
+NFNL_SUBSYS_QUEUE: Final = 3
+NFQNL_MSG_CONFIG: Final = 2
+NFQA_CFG_MASK: Final = 4
+NFQA_CFG_FLAGS: Final = 5
+NFQA_CFG_F_FAIL_OPEN: Final = 0x01
+NLM_F_REQUEST: Final = 0x01
 # How long a new worker waits for the queue its predecessor still holds (a swap), and how
 # often it tries: the predecessor unbinds as soon as it is told to drain.
 BIND_WAIT: Final = 5.0
@@ -145,6 +157,27 @@ def log_block(decisions: DecisionLog, e: Event | None, action: str) -> None:
         decision_log.info(line)
 
 
+def fail_open_message(queue: int) -> bytes:
+    """NFQNL_MSG_CONFIG setting NFQA_CFG_F_FAIL_OPEN on ``queue``: netlink headers in host
+    order, the nfgenmsg resource id and the attribute values in network order (as
+    libnetfilter_queue's ``nfq_set_queue_flags`` writes them). No ACK is asked for: the
+    socket is the one packets arrive on, and an error reply is read and ignored there."""
+    def attr(kind: int, value: int) -> bytes:
+        return struct.pack("=HH", 8, kind) + struct.pack("!I", value)
+
+    body = (struct.pack("!BBH", socket.AF_UNSPEC, 0, queue)
+            + attr(NFQA_CFG_MASK, NFQA_CFG_F_FAIL_OPEN) + attr(NFQA_CFG_FLAGS, NFQA_CFG_F_FAIL_OPEN))
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG,
+                       NLM_F_REQUEST, 0, 0) + body
+
+
+def set_fail_open(fd: int, queue: int) -> None:
+    """Send ``fail_open_message`` on the netlink socket ``fd`` that holds ``queue`` (the
+    kernel accepts configuration only from the socket bound to the queue)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd)) as s:
+        s.sendto(fail_open_message(queue), (0, 0))
+
+
 class QueueService:
     """One bound NFQUEUE, for a worker's select loop: ``fileno()`` becomes readable when
     packets wait, ``on_readable()`` gives them their verdicts, ``close()`` unbinds."""
@@ -173,8 +206,14 @@ class QueueService:
                     self.injector.close()
                     raise
                 time.sleep(BIND_RETRY)
-        log.info("ready: NFQUEUE %d bound (ports %s, conntrack mark %#x)", queue,
-                 ",".join(map(str, sni["ports"])), self.mark)
+        try:
+            set_fail_open(self.fileno(), queue)
+            fail_open = "fail-open"
+        except OSError as exc:  # the queue still works; a full queue then drops
+            log.warning("NFQUEUE %d: cannot set fail-open: %s", queue, exc)
+            fail_open = "no fail-open"
+        log.info("ready: NFQUEUE %d bound (ports %s, conntrack mark %#x, %s)", queue,
+                 ",".join(map(str, sni["ports"])), self.mark, fail_open)
 
     def fileno(self) -> int:
         return int(self.nfq.get_fd())
