@@ -5,8 +5,9 @@ ruleset printed by ``blockgate rules --iptables`` (this kernel has no nft ``queu
 statement) and runs ``blockgate run`` with ``sni.mode: nfqueue``. A blocked name must be
 reset within a second (curl and ``openssl s_client -servername``), an allowed one must
 complete its handshake, the kernel must drop the rest of a blocked flow by conntrack mark,
-a QUIC Initial with a blocked name must not arrive, and once blockgate is killed traffic
-must flow again (``--queue-bypass``).
+a QUIC Initial with a blocked name must not arrive, packets beyond a full queue must pass
+(``NFQA_CFG_F_FAIL_OPEN``), and once blockgate is killed traffic must flow again
+(``--queue-bypass``).
 """
 
 from __future__ import annotations
@@ -310,3 +311,14 @@ def test_worker_verdicts_and_the_error_edge() -> None:
     assert [p.verdicts for p in pkts] == [["accept"], ["repeat"], ["accept"], ["accept"]]
     assert pkts[1].mark == 0x1B and len(sent) == 2  # an RST to each end
     assert eng.stats.internal_errors == 1 and w.verdicts == 4
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="bytes written for a little-endian host")
+def test_fail_open_message_layout() -> None:
+    """What ``nfq_set_queue_flags(qh, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_FAIL_OPEN)`` sends for
+    queue 7: nlmsghdr (36 bytes, NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG, NLM_F_REQUEST),
+    nfgenmsg (AF_UNSPEC, v0, res_id 7 big-endian), NFQA_CFG_MASK and NFQA_CFG_FLAGS = 1."""
+    from blockgate.adapters.nfqueue import fail_open_message
+
+    assert fail_open_message(7).hex() == ("24000000" "0203" "0100" "00000000" "00000000"
+                                          "00000007" "08000400" "00000001" "08000500" "00000001")
