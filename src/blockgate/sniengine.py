@@ -101,7 +101,7 @@ class Event(NamedTuple):
     @property
     def complete(self) -> bool:
         """A ClientHello or query was read whole (rather than a flow given up)."""
-        return self.kind in (Kind.HELLO, Kind.QUERY)
+        return self.kind in _COMPLETE
 
 
 class Decision(NamedTuple):
@@ -144,6 +144,13 @@ class Decision(NamedTuple):
     def flow(self) -> FlowId | None:
         return self.events[0].flow if self.events else None
 
+
+# Kinds of events that read a message whole (``Event.complete``).
+_COMPLETE: Final = frozenset({Kind.HELLO, Kind.QUERY})
+# ``Decision(...)`` runs the NamedTuple's Python-level ``__new__``; the hot paths build the
+# tuple directly with every field given.
+_new_decision: Final = tuple.__new__
+_new_event: Final = tuple.__new__
 
 PASS: Final = Decision(Verdict.PASS)
 DROP: Final = Decision(Verdict.BLOCK)
@@ -536,8 +543,8 @@ class SniEngine:
         self.stats.sni_flows[flow.proto, verdict.value] += 1
         if rule is not None and verdict is Verdict.BLOCK:
             self.stats.blocked[flow.proto, rule.source, rule.category or ""] += 1
-        return Event(Kind.HELLO, flow.proto, flow.id, verdict, chosen, hello.names, rule, hello,
-                     hello.error)
+        return _new_event(Event, (Kind.HELLO, flow.proto, flow.id, verdict, chosen, hello.names, rule, hello,
+                                  hello.error))
 
     def _add(self, table: FlowTable[Flow], key: bytes, flow: Flow, events: list[Event]) -> None:
         evicted = table.add(key, flow)
@@ -579,9 +586,12 @@ class SniEngine:
         """A packet that completed messages (or none): it is blocked if one of them is."""
         if not events:
             return PASS
-        verdict = Verdict.BLOCK if any(e.verdict is Verdict.BLOCK and e.complete for e in events) \
-            else Verdict.PASS
-        return Decision(verdict, tuple(events))
+        verdict = Verdict.PASS
+        for e in events:  # a loop, not any() over a generator: this runs per ClientHello
+            if e.verdict is Verdict.BLOCK and e.kind in _COMPLETE:
+                verdict = Verdict.BLOCK
+                break
+        return _new_decision(Decision, (verdict, tuple(events), None, 0, 0))
 
 
 def make_sni_settings(sni: Section, ports: Iterable[int] | None = None) -> Settings:
