@@ -275,6 +275,11 @@ def looks_like_initial(data: bytes) -> bool:
     return profile is not None and profile.types[(data[0] >> 4) & 3] in (_I, _Z)
 
 
+# A NamedTuple's ``__new__`` is Python code; per-packet results are built with every field
+# given, straight through ``tuple.__new__``.
+_new: Final = tuple.__new__
+
+
 class _Header(NamedTuple):
     """A long header up to the (protected) packet number; ``end`` is where the packet ends."""
 
@@ -375,7 +380,7 @@ def _header(data: bytes, pos: int, walk: _Walk) -> _Header | None:
     length, p = _varint(data, p, n, _truncated)
     if p + length > n:
         raise _truncated(p)
-    return _Header(pos, version, kind, cids[0], cids[1], token, p, p + length)
+    return _new(_Header, (pos, version, kind, cids[0], cids[1], token, p, p + length))
 
 
 def _open(data: bytes, h: _Header, first_dcid: bytes | None) -> tuple[int, bytes, bool]:
@@ -523,7 +528,8 @@ def _packet(data: bytes, h: _Header, walk: _Walk, first_dcid: bytes | None) -> N
         walk.other += 1
         return
     pn, payload, rekeyed = _open(data, h, first_dcid)
-    walk.initials.append(Initial(h.version, h.dcid, h.scid, h.token, pn, parse_frames(payload), rekeyed))
+    walk.initials.append(_new(Initial, (h.version, h.dcid, h.scid, h.token, pn, parse_frames(payload),
+                                        rekeyed)))
 
 
 def parse_datagram(data: bytes, first_dcid: bytes | None = None) -> Datagram:
@@ -555,5 +561,5 @@ def parse_datagram(data: bytes, first_dcid: bytes | None = None) -> Datagram:
             walk.fail(exc)
     if walk.error is not None and not walk.initials:
         raise walk.error
-    return Datagram(tuple(walk.initials), walk.retry, walk.other, walk.negotiation,
-                    walk.error.reason if walk.error is not None else "")
+    return _new(Datagram, (tuple(walk.initials), walk.retry, walk.other, walk.negotiation,
+                           walk.error.reason if walk.error is not None else ""))
