@@ -526,8 +526,8 @@ class Supervisor:
                     self.notifier.status(self.status_line())
             if not self.announced:
                 self.announced = True
-                log.info("ready: listening on %s (%d workers%s)", ", ".join(self.listen), self.dns_workers,
-                         self._sni_text())
+                log.info("ready: listening on %s (%s%s)", ", ".join(self.listen),
+                         _count(self.dns_workers, "worker"), self._sni_text())
                 self.notifier.ready(self.status_line())
             elif self.reload_pending and not (self.building or self.build_wanted):
                 self._reloaded()
