@@ -596,6 +596,36 @@ def test_failover_from_silent_upstream(running_blockgate: Callable[..., Blockgat
     assert time.monotonic() - started < 0.35
 
 
+@pytest.mark.parametrize("retransmit", ["0.3s", "0s"])
+def test_a_query_the_upstream_lost_is_sent_again(running_blockgate: Callable[..., Blockgate], knot: Knot,
+                                                 responder: Callable[..., Responder],
+                                                 retransmit: str) -> None:
+    """An upstream path that loses the first datagram of every query: with ``retransmit``
+    the same query goes to it again and the client has its answer long before ``timeout``;
+    with 0 the only way out is the timeout's SERVFAIL."""
+    seen: set[bytes] = set()
+    ask_knot = answer_from_knot(knot)
+
+    def lossy(query: bytes) -> list[bytes]:
+        if query not in seen:
+            seen.add(query)
+            return []
+        return ask_knot(query)
+
+    upstream = responder(lossy)
+    daemon = running_blockgate(upstreams=[upstream.upstream], timeout="2s", retransmit=retransmit)
+    started = time.monotonic()
+    got = udp_exchange(daemon.addr, make_query("www.example.test", qid=0x4242), timeout=1.5)
+    took = time.monotonic() - started
+    if retransmit == "0s":
+        assert got is None and len(upstream.received) == 1
+        return
+    assert got is not None and rcode(got) == dns.rcode.NOERROR, took
+    assert 0.25 < took < 1.0
+    first, again = upstream.received[:2]
+    assert first == again  # the same datagram: same id, same question
+
+
 def test_all_upstreams_silent_is_servfail_ede22(running_blockgate: Callable[..., Blockgate],
                                                 responder: Callable[..., Responder]) -> None:
     a, b = responder(lambda q: []), responder(lambda q: [])

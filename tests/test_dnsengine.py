@@ -48,7 +48,7 @@ UDP = Channel("udp")
 
 
 def make_engine(upstreams: int = 2, timeout: float = 1.0, max_inflight: int = 100,
-                inspect: bool = True) -> DnsEngine:
+                inspect: bool = True, retransmit: float = 0.0) -> DnsEngine:
     sources = "\n".join(
         f"  - {{name: {n}, format: domains, path: /{n}.txt, action: {ACTIONS[n]}}}" for n in LISTS)
     ups = ", ".join(f'"127.0.0.{i + 1}:53"' for i in range(upstreams))
@@ -57,6 +57,7 @@ def make_engine(upstreams: int = 2, timeout: float = 1.0, max_inflight: int = 10
 dns:
   upstreams: [{ups}]
   timeout: {timeout}s
+  retransmit: {retransmit}s
   max_inflight: {max_inflight}
   inspect_cnames: {str(inspect).lower()}
   allow_clients: ["127.0.0.0/8"]
@@ -225,6 +226,49 @@ def test_timeout_fails_over_then_servfail_ede22() -> None:
     assert not e.inflight
     assert e.stats.upstream_errors == {("127.0.0.1:53", "timeout"): 1, ("127.0.0.2:53", "timeout"): 1}
     assert e.stats.dns_udp[A["servfail"]] == 1
+
+
+def test_unanswered_udp_query_is_sent_again_then_fails_over_at_the_timeout() -> None:
+    e = make_engine(upstreams=2, timeout=1.0, retransmit=0.25)
+    query = q("www.ok.test", edns=True)
+    e.query(query, CLIENT, UDP, False, 0.0)
+    ((up, tcp, first),) = take_outbox(e)
+    assert (up, tcp) == (0, False)
+    assert e.expire(0.2) == [] and take_outbox(e) == []
+    for t in (0.26, 0.52, 0.78):  # the same datagram, same id, to the same upstream
+        assert e.expire(t) == []
+        assert take_outbox(e) == [(0, False, first)]
+    assert e.expire(1.04) == []  # the timeout: the other upstream, a fresh id
+    ((up, _tcp, moved),) = take_outbox(e)
+    assert up == 1 and moved[:2] != first[:2] and moved[2:] == first[2:]
+    assert e.stats.upstream_errors == {("127.0.0.1:53", "retransmit"): 3, ("127.0.0.1:53", "timeout"): 1}
+
+
+def test_the_second_answer_to_a_query_sent_again_is_dropped_quietly() -> None:
+    e = make_engine(upstreams=1, timeout=1.0, retransmit=0.25)
+    query = q("www.ok.test")
+    e.query(query, CLIENT, UDP, False, 0.0)
+    ((_u, _t, sent),) = take_outbox(e)
+    e.expire(0.3)
+    assert take_outbox(e) == [(0, False, sent)]
+    got = e.answer(upstream_answer(sent), 0, 0.31)
+    assert got is not None and got[2][:2] == query[:2]
+    assert e.answer(upstream_answer(sent), 0, 0.32) is None  # the other copy's answer
+    assert e.stats.upstream_errors == {("127.0.0.1:53", "retransmit"): 1}
+    assert e.answer(upstream_answer(sent), 0, 0.33) is None  # a third one is unexpected again
+    assert e.stats.upstream_errors[("127.0.0.1:53", "unexpected-id")] == 1
+    assert not e.inflight and e.expire(2.0) == []
+
+
+def test_queries_over_tcp_are_not_sent_again() -> None:
+    e = make_engine(upstreams=1, timeout=1.0, retransmit=0.25)
+    e.query(q("www.ok.test"), CLIENT, Channel("tcp"), True, 0.0)
+    ((_u, via_tcp, _sent),) = take_outbox(e)
+    assert via_tcp
+    for t in (0.26, 0.52, 0.78):
+        assert e.expire(t) == [] and take_outbox(e) == []
+    (got,) = e.expire(1.04)  # one upstream, tried: SERVFAIL at the timeout as before
+    assert rc(got[2]) == dns.rcode.SERVFAIL
 
 
 def test_refusing_upstream_fails_over_at_once_then_ede23() -> None:

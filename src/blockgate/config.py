@@ -116,6 +116,8 @@ _DNS: Final[dict[str, Key]] = {
     "upstreams": Key("addrs", ("127.0.0.1:53",), doc="Resolvers that allowed names go to."),
     "workers": Key("int", 0, doc="Worker processes sharing the port (0: one per CPU)."),
     "timeout": Key("duration", 2.0, doc="Upstream timeout before failing over."),
+    "retransmit": Key("duration", 0.5, doc="A UDP query its upstream has not answered after this "
+                      "long is sent to it again (same id), until `timeout`; 0: never."),
     "max_inflight": Key("int", 65536, doc="Upstream queries in flight per worker."),
     "tcp_idle_timeout": Key("duration", 10.0, doc="Idle TCP client connections are closed."),
     "tcp_max_connections": Key("int", 1024, doc="TCP client connections per worker."),

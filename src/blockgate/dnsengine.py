@@ -54,7 +54,9 @@ MAX_INFLIGHT: Final = 60000
 # EDE texts remembered per worker (one per blocked name seen with EDNS).
 MAX_TEXT_CACHE: Final = 16384
 # Fields of a pending (forwarded) query, kept as a tuple: one allocation per forward.
-_DATA, _QEND, _ADDR, _CHAN, _TCP, _UP, _SENT, _DEADLINE, _TRIED, _VIA = range(10)
+_DATA, _QEND, _ADDR, _CHAN, _TCP, _UP, _SENT, _DEADLINE, _TRIED, _VIA, _RESENT = range(11)
+# Ids of answered queries that had been sent again: the other copy's answer may follow.
+MAX_LATE: Final = 4096
 # The common answer header tail: QD=1 AN=0 NS=1 AR=0 (negative answer without OPT).
 _NEG_COUNTS: Final = b"\x00\x01\x00\x00\x00\x01\x00\x00"
 _ACTION_SLOT: Final = {a: A[a.config_name] for a in Action}
@@ -85,6 +87,14 @@ class DnsSettings:
     bypass: tuple[str, ...]
     allow: tuple[str, ...]
     max_inflight: int = MAX_INFLIGHT
+    # A UDP query its upstream has not answered after this long is sent to it again (same
+    # id) until ``timeout``; 0 (or not less than ``timeout``): only once.
+    retransmit: float = 0.0
+
+    @property
+    def step(self) -> float:
+        """How long an entry waits before ``expire`` looks at it again."""
+        return self.retransmit if 0 < self.retransmit < self.timeout else self.timeout
 
 
 class DnsEngine:
@@ -102,6 +112,7 @@ class DnsEngine:
         self.outbox: list[tuple[int, bool, bytes]] = []
         self.current = 0  # the upstream tried first; moves on when one times out
         self._ids: list[int] = []
+        self._late: dict[int, None] = {}  # see MAX_LATE
         self._clients: dict[str, int] = {}
         self._texts: dict[bytes, bytes] = {}
         # the NXDOMAIN fast path's prebuilt flags, refilled in place when the upstream's RA changes
@@ -123,7 +134,7 @@ class DnsEngine:
         a_fwd, a_nx, a_bypass = A["forward"], A["nxdomain"], A["bypass"]
         refused, new_id, inflight, outbox = self._refused, self._new_id, self.inflight, self.outbox
         nx_flags, log_budget = self._nx_flags, self.log_budget
-        timeout, limit = self.settings.timeout, self.settings.max_inflight
+        step, limit = self.settings.step, self.settings.max_inflight
         nx = Action.NXDOMAIN
 
         def query(data: bytes, addr: Any, channel: Any, tcp: bool, now: float) -> bytes | None:
@@ -158,7 +169,7 @@ class DnsEngine:
                 return forward(data, qend, addr, channel, tcp, now, self.current, 1)
             qid = new_id()  # the usual forward, written out: it is most of the traffic
             up = self.current
-            inflight[qid] = (data, qend, addr, channel, tcp, up, now, now + timeout, 1, tcp)
+            inflight[qid] = (data, qend, addr, channel, tcp, up, now, now + step, 1, tcp, 0)
             outbox.append((up, tcp, bytes((qid >> 8, qid & 0xFF)) + data[2:]))
             return None
 
@@ -277,13 +288,15 @@ class DnsEngine:
                                    self._opt(data, qend, Ede.OTHER, b"forwarding table full"))
         qid = self._new_id()
         inflight[qid] = (data, qend, addr, channel, tcp, upstream, now,
-                         now + self.settings.timeout, tried, via)
+                         now + self.settings.step, tried, via, 0)
         self.outbox.append((upstream, via, bytes((qid >> 8, qid & 0xFF)) + data[2:]))
         return None
 
     def answer(self, data: bytes, upstream: int, now: float, via_tcp: bool = False) -> Delivery | None:
         """An upstream's answer: where to send what, or None (dropped and counted)."""
         p = self.inflight.get((data[0] << 8) | data[1]) if len(data) >= HEADER else None
+        if p is None and len(data) >= HEADER and self._late.pop((data[0] << 8) | data[1], 0) is None:
+            return None  # the second answer to a query that was sent again: expected, dropped
         if p is None or p[_UP] != upstream or p[_VIA] != via_tcp:
             self.stats.upstream_errors[self.settings.upstreams[upstream].label,
                                       "malformed" if len(data) < HEADER else "unexpected-id"] += 1
@@ -295,6 +308,11 @@ class DnsEngine:
             self.stats.upstream_errors[self.settings.upstreams[upstream].label, "wrong-question"] += 1
             return None
         del self.inflight[(data[0] << 8) | data[1]]
+        if p[_RESENT]:
+            late = self._late
+            if len(late) >= MAX_LATE:
+                del late[next(iter(late))]
+            late[(data[0] << 8) | data[1]] = None
         stats = self.stats
         stats.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, now - p[_SENT])] += 1
         stats.upstream_latency_sum[upstream] += now - p[_SENT]
@@ -367,16 +385,32 @@ class DnsEngine:
         return self._give_up(p, ede, text)
 
     def expire(self, now: float) -> list[Delivery]:
-        """Queries whose upstream did not answer in time: the next upstream, or SERVFAIL."""
+        """Queries whose upstream did not answer in time: the next upstream, or SERVFAIL.
+
+        Every entry waits ``settings.step`` between looks, so the table stays in deadline
+        order and the scan stops at the first entry not yet due. Before ``timeout`` a UDP
+        query is sent to the same upstream again (a datagram either way may have been lost);
+        at ``timeout`` it fails over.
+        """
         late = []
-        for qid, p in self.inflight.items():
+        inflight = self.inflight
+        for qid, p in inflight.items():
             if p[_DEADLINE] > now:
-                break  # entries are in send order, all with the same timeout
+                break  # entries are in deadline order: each waits the same step
             late.append(qid)
         out: list[Delivery] = []
         ups = self.settings.upstreams
+        timeout, step = self.settings.timeout, self.settings.step
         for qid in late:
-            p = self.inflight.pop(qid)
+            p = inflight.pop(qid)
+            if now - p[_SENT] < timeout - 1e-6:
+                resent = p[_RESENT]
+                if not p[_VIA]:
+                    self.outbox.append((p[_UP], False, bytes((qid >> 8, qid & 0xFF)) + p[_DATA][2:]))
+                    self.stats.upstream_errors[ups[p[_UP]].label, "retransmit"] += 1
+                    resent += 1
+                inflight[qid] = (*p[:_DEADLINE], now + step, p[_TRIED], p[_VIA], resent)
+                continue
             self.stats.upstream_errors[ups[p[_UP]].label, "timeout"] += 1
             got = self._retry(p, now, Ede.NO_REACHABLE_AUTHORITY, b"no upstream answered")
             if got is not None:
@@ -407,7 +441,7 @@ def make_settings(dns: Any, parse_addr: Callable[[str], tuple[str, int]]) -> Dns
     ups = tuple(Upstream(*parse_addr(u), u) for u in dns["upstreams"])
     return DnsSettings(ups, float(dns["timeout"]), bool(dns["inspect_cnames"]),
                        tuple(dns["bypass_clients"]), tuple(dns["allow_clients"]),
-                       min(int(dns["max_inflight"]), MAX_INFLIGHT))
+                       min(int(dns["max_inflight"]), MAX_INFLIGHT), float(dns["retransmit"]))
 
 
 def make_synth(dns: Any) -> Synth:

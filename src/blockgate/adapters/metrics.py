@@ -143,8 +143,8 @@ def upstream_families(stats: Stats) -> Iterator[Metric]:
             buckets.append((bound, float(cumulative)))
         latency.add_metric([label], buckets, total)
     yield latency
-    errors = CounterMetricFamily("blockgate_upstream_errors", "Upstream failures (timeout, "
-                                 "refused, unexpected-id, wrong-question, malformed, "
+    errors = CounterMetricFamily("blockgate_upstream_errors", "Upstream failures (retransmit, "
+                                 "timeout, refused, unexpected-id, wrong-question, malformed, "
                                  "inflight-full) by upstream.", labels=["upstream", "reason"])
     _add(errors, stats.upstream_errors)
     yield errors
