@@ -117,7 +117,7 @@ _DNS: Final[dict[str, Key]] = {
     "workers": Key("int", 0, doc="Worker processes sharing the port (0: one per CPU)."),
     "timeout": Key("duration", 2.0, doc="Upstream timeout before failing over."),
     "retransmit": Key("duration", 0.5, doc="A UDP query its upstream has not answered after this "
-                      "long is sent to it again (same id), until `timeout`; 0: never."),
+                      "long is sent to it once more (same id); 0: never."),
     "max_inflight": Key("int", 65536, doc="Upstream queries in flight per worker."),
     "tcp_idle_timeout": Key("duration", 10.0, doc="Idle TCP client connections are closed."),
     "tcp_max_connections": Key("int", 1024, doc="TCP client connections per worker."),

@@ -87,8 +87,9 @@ class DnsSettings:
     bypass: tuple[str, ...]
     allow: tuple[str, ...]
     max_inflight: int = MAX_INFLIGHT
-    # A UDP query its upstream has not answered after this long is sent to it again (same
-    # id) until ``timeout``; 0 (or not less than ``timeout``): only once.
+    # A UDP query its upstream has not answered after this long is sent to it once more
+    # (same id); ``timeout`` still decides the failover. 0 (or not less than ``timeout``):
+    # never.
     retransmit: float = 0.0
 
     @property
@@ -389,8 +390,8 @@ class DnsEngine:
 
         Every entry waits ``settings.step`` between looks, so the table stays in deadline
         order and the scan stops at the first entry not yet due. Before ``timeout`` a UDP
-        query is sent to the same upstream again (a datagram either way may have been lost);
-        at ``timeout`` it fails over.
+        query is sent to the same upstream once more (a datagram either way may have been
+        lost); at ``timeout`` it fails over.
         """
         late = []
         inflight = self.inflight
@@ -405,10 +406,11 @@ class DnsEngine:
             p = inflight.pop(qid)
             if now - p[_SENT] < timeout - 1e-6:
                 resent = p[_RESENT]
-                if not p[_VIA]:
+                if not p[_VIA] and not resent:  # once: an upstream that is down or overloaded
+                    # gets at most twice its queries, never a retry storm
                     self.outbox.append((p[_UP], False, bytes((qid >> 8, qid & 0xFF)) + p[_DATA][2:]))
                     self.stats.upstream_errors[ups[p[_UP]].label, "retransmit"] += 1
-                    resent += 1
+                    resent = 1
                 inflight[qid] = (*p[:_DEADLINE], now + step, p[_TRIED], p[_VIA], resent)
                 continue
             self.stats.upstream_errors[ups[p[_UP]].label, "timeout"] += 1
