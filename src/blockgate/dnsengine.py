@@ -264,13 +264,14 @@ class DnsEngine:
     # -- forwarding --------------------------------------------------------------------
     def _new_id(self) -> int:
         ids = self._ids
-        inflight = self.inflight
+        inflight, late = self.inflight, self._late
         while True:
             if not ids:
                 raw = self.entropy(4096)
                 ids.extend(struct.unpack(f"!{len(raw) // 2}H", raw[: len(raw) // 2 * 2]))
             qid = ids.pop()
-            if qid not in inflight:
+            # not an id whose second answer may still come (it would not match this question)
+            if qid not in inflight and qid not in late:
                 return qid
 
     def _forward(self, data: bytes, qend: int, addr: Any, channel: Any, tcp: bool, now: float,
