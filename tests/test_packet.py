@@ -32,6 +32,7 @@ from blockgate.packet import (
     build_rst,
     checksum,
     flow_key,
+    header_flow_key,
     inner,
     ip_offset,
     parse_ip,
@@ -187,6 +188,13 @@ def test_flow_keys_tell_directions_and_protocols_apart() -> None:
     c = parse_ip(bytes(V4 / UDP(sport=40000, dport=443)))
     assert len({flow_key(a), flow_key(b), flow_key(c)}) == 3
     assert FlowId(6, a.src, a.dst, a.sport, a.dport).dport == 443
+
+
+@pytest.mark.parametrize("packet", [V4 / SEG, V4 / DGRAM, V6 / SEG, V6 / DGRAM], ids=repr)
+def test_header_flow_key_is_the_parsed_packets_key(packet: IP) -> None:
+    data = bytes(packet)
+    p = parse_ip(data)
+    assert header_flow_key(data, 20 if p.version == 4 else 40, p.proto) == flow_key(p)
 
 
 @given(st.binary(max_size=120))

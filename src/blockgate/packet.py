@@ -356,3 +356,11 @@ def flow_key(p: Packet) -> bytes:
     """A dict key for ``p``'s direction of its flow: addresses and ports in one bytes object
     (hashing one bytes is cheaper than hashing a tuple of four fields)."""
     return p.src + p.dst + bytes((p.proto, p.sport >> 8, p.sport & 0xFF, p.dport >> 8, p.dport & 0xFF))
+
+
+def header_flow_key(data: bytes, transport: int, proto: int) -> bytes:
+    """``flow_key(parse_ip(data))`` read straight from the bytes, for a packet whose
+    transport header starts at ``transport``: 20 (IPv4 without options) or 40 (IPv6
+    without extension headers). The caller has checked that layout."""
+    addresses = data[12:20] if transport == 20 else data[8:40]
+    return addresses + bytes((proto,)) + data[transport : transport + 4]

@@ -33,6 +33,7 @@ from blockgate.packet import (
     PacketFormatError,
     Tcp,
     flow_key,
+    header_flow_key,
     inner,
     parse_ip,
 )
@@ -260,7 +261,7 @@ class SniEngine:
         if (dport not in self.ports or now >= self.tcp.next_sweep or now >= self.udp.next_sweep
                 or (((data[2] << 8) | data[3]) if t == 20 else 40 + ((data[4] << 8) | data[5])) != n):
             return None
-        key = (data[12:20] if t == 20 else data[8:40]) + bytes((proto,)) + data[t : t + 4]
+        key = header_flow_key(data, t, proto)
         if proto == 6:
             flags = data[t + 13]
             if flags & 0x06:  # SYN or RST: flow state changes
