@@ -67,7 +67,7 @@ def parse_capture(data: bytes) -> Iterator[Record]:
 
 
 # ``Record(...)`` runs a Python-level ``__new__``; a classic pcap file makes one per packet.
-new_record: Final = tuple.__new__
+_new: Final = tuple.__new__
 
 
 def _pcap(data: bytes, order: str, units: float) -> Iterator[Record]:
@@ -84,7 +84,7 @@ def _pcap(data: bytes, order: str, units: float) -> Iterator[Record]:
         pos += 16
         if incl > MAX_BLOCK or pos + incl > n:
             raise PcapFormatError(f"record of {incl} bytes at offset {pos - 16}", "truncated")
-        yield new_record(Record, (linktype, sec + frac / units, data[pos : pos + incl], orig))
+        yield _new(Record, (linktype, sec + frac / units, data[pos : pos + incl], orig))
         pos += incl
 
 

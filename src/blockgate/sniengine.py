@@ -148,10 +148,9 @@ class Decision(NamedTuple):
 
 # Kinds of events that read a message whole (``Event.complete``).
 _COMPLETE: Final = frozenset({Kind.HELLO, Kind.QUERY})
-# ``Decision(...)`` runs the NamedTuple's Python-level ``__new__``; the hot paths build the
-# tuple directly with every field given.
-_new_decision: Final = tuple.__new__
-_new_event: Final = tuple.__new__
+# ``Decision(...)`` and ``Event(...)`` run the NamedTuple's Python-level ``__new__``; the
+# hot paths build the tuple directly with every field given.
+_new: Final = tuple.__new__
 
 PASS: Final = Decision(Verdict.PASS)
 DROP: Final = Decision(Verdict.BLOCK)
@@ -544,7 +543,7 @@ class SniEngine:
         self.stats.sni_flows[flow.proto, verdict.value] += 1
         if rule is not None and verdict is Verdict.BLOCK:
             self.stats.blocked[flow.proto, rule.source, rule.category or ""] += 1
-        return _new_event(Event, (Kind.HELLO, flow.proto, flow.id, verdict, chosen, hello.names, rule, hello,
+        return _new(Event, (Kind.HELLO, flow.proto, flow.id, verdict, chosen, hello.names, rule, hello,
                                   hello.error))
 
     def _add(self, table: FlowTable[Flow], key: bytes, flow: Flow, events: list[Event]) -> None:
@@ -592,7 +591,7 @@ class SniEngine:
             if e.verdict is Verdict.BLOCK and e.kind in _COMPLETE:
                 verdict = Verdict.BLOCK
                 break
-        return _new_decision(Decision, (verdict, tuple(events), None, 0, 0))
+        return _new(Decision, (verdict, tuple(events), None, 0, 0))
 
 
 def make_sni_settings(sni: Section, ports: Iterable[int] | None = None) -> Settings:
