@@ -89,6 +89,9 @@ MAX_EXTENSIONS: Final = 8
 _ETH_IPV4: Final = 0x0800
 _ETH_IPV6: Final = 0x86DD
 _ETH_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
+# The usual frame, answered before the general walk: Ethernet, untagged, IPv4 or IPv6.
+_ETHERNET: Final = int(LinkType.ETHERNET)
+_UNTAGGED_IP: Final = frozenset({b"\x08\x00", b"\x86\xdd"})
 # BSD loopback address families (IPv6 differs by OS: 24 NetBSD/OpenBSD, 28 FreeBSD, 30 macOS).
 _AF_INET: Final = 2
 _AF_INET6: Final = frozenset({24, 28, 30, 10})
@@ -237,8 +240,8 @@ def ip_offset(linktype: int, data: bytes) -> int:
 
     raises only PacketFormatError (reason ``link``: not IP, or an unknown link type).
     """
-    if linktype == LinkType.ETHERNET:
-        return _ethernet(data)
+    if linktype == _ETHERNET:
+        return 14 if data[12:14] in _UNTAGGED_IP else _ethernet(data)
     if linktype in (LinkType.RAW, LinkType.IPV4, LinkType.IPV6):
         return 0
     if linktype == LinkType.LINUX_SLL:  # 16-byte header, protocol at 14

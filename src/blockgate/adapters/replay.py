@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from blockgate.engine import Event, SniEngine
-from blockgate.packet import LinkType, PacketFormatError, ip_offset
+from blockgate.packet import PacketFormatError, ip_offset
 from blockgate.pcap import PcapFormatError, parse_capture
 
-ETHERNET: Final = int(LinkType.ETHERNET)
-_ETH_IP: Final = frozenset({b"\x08\x00", b"\x86\xdd"})  # IPv4, IPv6 ethertypes
 EXIT_OK: Final = 0
 EXIT_UNREADABLE: Final = 1
 
@@ -158,15 +156,12 @@ def replay_file(path: str, engine: SniEngine, emit: Callable[[str, int, Event], 
     try:
         for linktype, now, raw, _orig in records:
             frame += 1
-            if linktype == ETHERNET and raw[12:14] in _ETH_IP:  # untagged IP: the usual frame
-                d = on_packet(raw[14:], now)
-            else:
-                try:
-                    at = ip_offset(linktype, raw)
-                except PacketFormatError as exc:
-                    engine.stats.malformed["link", exc.reason] += 1
-                    continue
-                d = on_packet(raw[at:] if at else raw, now)
+            try:
+                at = ip_offset(linktype, raw)
+            except PacketFormatError as exc:
+                engine.stats.malformed["link", exc.reason] += 1
+                continue
+            d = on_packet(raw[at:] if at else raw, now)
             if d.events:
                 for e in d.events:
                     emit(path, frame, e)
