@@ -296,8 +296,9 @@ class DnsEngine:
 
     def answer(self, data: bytes, upstream: int, now: float, via_tcp: bool = False) -> Delivery | None:
         """An upstream's answer: where to send what, or None (dropped and counted)."""
-        p = self.inflight.get((data[0] << 8) | data[1]) if len(data) >= HEADER else None
-        if p is None and len(data) >= HEADER and self._late.pop((data[0] << 8) | data[1], 0) is None:
+        qid = (data[0] << 8) | data[1] if len(data) >= HEADER else -1
+        p = self.inflight.get(qid)
+        if p is None and self._late.pop(qid, 0) is None:
             return None  # the second answer to a query that was sent again: expected, dropped
         if p is None or p[_UP] != upstream or p[_VIA] != via_tcp:
             self.stats.upstream_errors[self.settings.upstreams[upstream].label,
@@ -309,12 +310,12 @@ class DnsEngine:
                 data[HEADER:qend].lower() != query[HEADER:qend].lower() or data[4:6] != b"\x00\x01"):
             self.stats.upstream_errors[self.settings.upstreams[upstream].label, "wrong-question"] += 1
             return None
-        del self.inflight[(data[0] << 8) | data[1]]
+        del self.inflight[qid]
         if p[_RESENT]:
             late = self._late
             if len(late) >= MAX_LATE:
                 del late[next(iter(late))]
-            late[(data[0] << 8) | data[1]] = None
+            late[qid] = None
         stats = self.stats
         stats.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, now - p[_SENT])] += 1
         stats.upstream_latency_sum[upstream] += now - p[_SENT]
