@@ -14,10 +14,12 @@ $(PY):
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
 
-$(STAMP): $(PY) pyproject.toml scripts/debian-packages.txt
-	@scripts/debian-packages.sh  # NetfilterQueue builds against libnetfilter-queue-dev
+# The per-packet modules are compiled in place (setup.py): any change to a source under
+# src/blockgate rebuilds them, so what runs is what the sources say.
+$(STAMP): $(PY) pyproject.toml setup.py scripts/debian-packages.txt $(wildcard src/blockgate/*.py)
+	@scripts/debian-packages.sh  # a C compiler and Python's headers: NetfilterQueue, setup.py
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	BLOCKGATE_COMPILE=require $(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
 debs:
@@ -44,7 +46,7 @@ bench-lookup: $(STAMP)
 	$(PY) bench/lookup.py --rounds 5
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/*.so src/blockgate/*.so .mypy_cache .pytest_cache .ruff_cache
 
 bench-dns: $(STAMP)
 	$(PY) bench/dns.py --rounds 2 --seconds 20

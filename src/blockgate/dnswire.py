@@ -136,7 +136,9 @@ def parse_query(data: bytes) -> tuple[bytes, int, int]:
         except IndexError:
             return _parse_query(data)
         if not ln and i + 5 <= len(data) and i - HEADER < MAX_WIRE_NAME:
-            key = data[HEADER + 1 : i].translate(_WIRE_TO_KEY)
+            # The root name (k == 0) is b"": the slice would start past its end, which the
+            # compiled build (see setup.py) rejects where the interpreter returns b"".
+            key = data[HEADER + 1 : i].translate(_WIRE_TO_KEY) if k else b""
             if key.count(46) == k - 1 or not k:
                 return key, (data[i + 1] << 8) | data[i + 2], i + 5
     return _parse_query(data)

@@ -63,12 +63,12 @@ def _first(frame: tuple[int, bytes]) -> int:
 class Kind:
     """What an ``Event`` reports (also its JSON ``event`` value)."""
 
-    HELLO = "client_hello"
-    QUERY = "dns_query"
-    MALFORMED = "malformed"  # the bytes are not TLS/QUIC/DNS: no name
-    OVERFLOW = "overflow"  # bytes or pieces per flow exceeded
-    EVICTED = "evicted"  # the flow table was full and this flow was the oldest
-    TIMEOUT = "timeout"  # idle before its ClientHello completed
+    HELLO: Final = "client_hello"
+    QUERY: Final = "dns_query"
+    MALFORMED: Final = "malformed"  # the bytes are not TLS/QUIC/DNS: no name
+    OVERFLOW: Final = "overflow"  # bytes or pieces per flow exceeded
+    EVICTED: Final = "evicted"  # the flow table was full and this flow was the oldest
+    TIMEOUT: Final = "timeout"  # idle before its ClientHello completed
 
 
 @dataclass(frozen=True, slots=True)
