@@ -152,3 +152,11 @@ def test_compiled_replay_decides_every_fixture_as_the_sources_do(tmp_path: Path)
     interpreted = replay_lines(pure_src, cfg, files)
     assert sum(1 for r in compiled if r.get("verdict") == "block") > 10
     assert compiled == interpreted
+
+
+def test_version_names_the_compiled_modules() -> None:
+    res = subprocess.run([sys.executable, "-m", "blockgate", "--version"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    listed = " ".join(res.stdout.split()).split("compiled: ", 1)[1].rstrip(")").split(", ")
+    assert sorted(listed) == sorted(NAMES)

@@ -197,10 +197,24 @@ def cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def version_text() -> str:
+    """The version and which modules run compiled (setup.py), read off the package's files."""
+    import importlib.machinery
+    from pathlib import Path
+
+    import blockgate
+
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    native = sorted(p.name.split(".", 1)[0] for p in Path(blockgate.__file__).parent.iterdir()
+                    if p.name.endswith(suffixes))
+    built = f"compiled: {', '.join(native)}" if native else "pure Python: no compiled modules"
+    return f"blockgate {__version__} ({built})"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="blockgate", description="DNS and TLS-SNI enforcement "
                                  "of regulator blocklists.")
-    ap.add_argument("--version", action="version", version=f"blockgate {__version__}")
+    ap.add_argument("--version", action="version", version=version_text())
     sub = ap.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, text: str) -> argparse.ArgumentParser:
