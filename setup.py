@@ -32,6 +32,7 @@ COMPILED = [
     "dnsengine",
     "decisions",
     "verdict",
+    "pcap",
 ]
 
 
