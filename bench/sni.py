@@ -10,6 +10,9 @@ checksums left as they are: none of the three tools checks them). Then:
   (CPU time, as printed in its summary) and ClientHellos/s;
 * ndpiReader reads the same file: its own loop figure ("nDPI throughput") and its flows'
   ``Hostname/SNI``;
+* blockgate again from its interpreted sources alone (a copy without the compiled modules
+  of setup.py; ``--no-pure`` skips it): what the compiled build gains, in the same run, and
+  a check that both find the same names and verdicts;
 * tshark (the ground-truth tool, TLS and TCP reassembly on, QUIC decrypted) finds every
   ClientHello; its CPU time is reported too.
 
@@ -129,13 +132,23 @@ class Result:
     flows: set[tuple[str, int, str, int, str]] = field(default_factory=set)  # client, server, name
 
 
-def run_blockgate(cap: Path, work: Path) -> Result:
+def pure_sources(work: Path) -> Path:
+    """The package's sources alone (no compiled extension beside them), for the same-run
+    baseline of what the compiled build (setup.py) gains."""
+    dst = work / "pure"
+    shutil.copytree(REPO / "src" / "blockgate", dst / "blockgate",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return dst
+
+
+def run_blockgate(cap: Path, work: Path, pythonpath: Path | None = None) -> Result:
     cfg = work / "bench-sni.yaml"
     cfg.write_text(f"state_dir: {work / 'state'}\nsources:\n  - name: bench\n    format: domains\n"
                    f"    path: {BLOCKLIST}\nsni:\n  ports: {PORTS}\n  max_flows: 65536\n")
     cpu0 = child_cpu()
     cmd = [sys.executable, "-m", "blockgate", "replay", "--config", str(cfg), "--json", str(cap)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath else None
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO, env=env)
     lines = [json.loads(x) for x in res.stdout.splitlines()]
     summary = lines.pop()
     hellos = [r for r in lines if r["event"] == "client_hello"]
@@ -238,6 +251,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=160, help="copies of the fixture packets (1318 each)")
     ap.add_argument("--nfqueue", action="store_true", help="also measure NFQUEUE verdicts/s (root)")
     ap.add_argument("--nfqueue-packets", type=int, default=50000)
+    ap.add_argument("--no-pure", action="store_true",
+                    help="skip the baseline run of the interpreted sources")
     args = ap.parse_args()
     ensure_list()
     for tool in ("ndpiReader", "tshark"):
@@ -252,6 +267,12 @@ def main() -> int:
         print(f"capture: {packets} packets ({args.rounds} copies of the fixtures), {size} MiB")
         bg, nd, ts = run_blockgate(cap, work), run_ndpi(cap), run_tshark(cap)
         report(packets, bg, nd, ts)
+        if not args.no_pure:
+            pure = run_blockgate(cap, work, pure_sources(work))
+            same = "same" if pure.names == bg.names and pure.blocked == bg.blocked else "DIFFERENT"
+            print(f"blockgate replay, interpreted sources (no compiled modules): {pure.pps:,.0f} "
+                  f"packets/s; compiled/interpreted {bg.pps / pure.pps:.2f}x, ratio to ndpiReader "
+                  f"{pure.pps / nd.pps:.2f}; names and verdicts {same}")
         if args.nfqueue:
             if os.geteuid() != 0:
                 print("nfqueue: skipped (needs root)")
