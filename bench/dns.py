@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 KIT = Path(os.environ.get("BENCH_KIT", HERE.parent.parent / "shared" / "bench"))
 ROOT = Path(os.environ.get("BENCH_ROOT", "/tmp/blockgate-bench"))
 DATA = ROOT / "data"
+REPO = HERE.parent
 PORT, UPSTREAM_PORT = 5300, 5399
 
 CONFIG = """\
@@ -93,6 +94,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--python", default=sys.executable, help="interpreter with blockgate installed")
+    ap.add_argument("--pure", action="store_true",
+                    help="also run blockgate from its interpreted sources (no compiled modules)")
     a = ap.parse_args()
     ensure_kit()
     for port in (PORT, UPSTREAM_PORT):
@@ -108,8 +111,17 @@ def main() -> int:
                                  upstream=UPSTREAM_PORT, workers=a.workers))
     custom = f"blockgate={a.python} -m blockgate run --config {cfg}"  # anchors.py adds "exec"
     env = dict(os.environ, RESULTS=str(results))
+    only, extra = "dnsdist-1M,blockgate", []
+    if a.pure:  # the sources alone, without the compiled extensions beside them (setup.py)
+        pure = ROOT / "run" / "pure"
+        shutil.rmtree(pure, ignore_errors=True)
+        shutil.copytree(REPO / "src" / "blockgate", pure / "blockgate",
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        only += ",blockgate-interpreted"
+        extra = ["--custom", f"blockgate-interpreted=env PYTHONPATH={pure} {a.python} -m blockgate "
+                 f"run --config {cfg}"]
     cmd = [sys.executable, str(KIT / "anchors.py"), "--rounds", str(a.rounds), "--seconds",
-           str(a.seconds), "--only", "dnsdist-1M,blockgate", "--custom", custom]
+           str(a.seconds), "--only", only, "--custom", custom, *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=KIT)
     return report(results)
@@ -132,9 +144,9 @@ def report(results: Path) -> int:
             t.setdefault("p99_ms", []).append(r.get("p99_ms"))
     print(f"\nresults: {results}")
     cols = ["ready_s", "rss_mib", "pss_mib", "blocked_qps", "blocked_us", "mix_qps", "mix_us", "p99_ms"]
-    print(f"{'target':12} " + " ".join(f"{c:>18}" for c in cols))
+    print(f"{'target':21} " + " ".join(f"{c:>18}" for c in cols))
     for target, t in table.items():
-        print(f"{target:12} " + " ".join(
+        print(f"{target:21} " + " ".join(
             f"{' / '.join('-' if v is None else f'{v:.4g}' for v in t.get(c, [])):>18}" for c in cols))
     bg, dd = table.get("blockgate", {}), table.get("dnsdist-1M", {})
     checks = [
@@ -155,6 +167,12 @@ def report(results: Path) -> int:
         ratio = x / y
         ok = ratio >= target if op == ">=" else ratio <= target
         print(f"  {name:16} {ratio:6.2f}  (target {op} {target:.2f})  {'met' if ok else 'NOT met'}")
+    pure = table.get("blockgate-interpreted")
+    if pure:
+        print("\nblockgate compiled / interpreted sources (best round of each):")
+        for name, key, high, _, _ in checks:
+            x, y = best(bg.get(key, []), high), best(pure.get(key, []), high)
+            print(f"  {name:16} " + (f"{x / y:6.2f}" if x is not None and y else "n/a"))
     return 0
 
 
