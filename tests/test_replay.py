@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 PCAPS = Path(__file__).parent / "fixtures" / "pcaps"
 FILES = sorted(p.name for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
@@ -110,6 +112,20 @@ def test_truncated_capture_is_replayed_up_to_the_break(tmp_path: Path) -> None:
     assert "dns.google" in res.stdout
 
 
+def test_many_files_lose_and_reorder_no_line(tmp_path: Path) -> None:
+    """Lines are written in batches: every file's lines, whole and in order, however the
+    batches fall (the captures given again and again, well past a batch, both outputs)."""
+    cfg = config(tmp_path, ["google.com"], [443, 4443, 8013, 8443])
+    files = [str(PCAPS / f) for f in ("quic-draft29-chrome-reordered-crypto.pcapng",
+                                      "dns-tcp-pipelined-20q.pcap", "tls-ch-split-3seg-mtu300.pcap")]
+    for args in (["--json"], []):
+        each = [replay(cfg, *args, f).stdout.splitlines()[:-1] for f in files]
+        assert sum(map(len, each)) > 130
+        res = replay(cfg, *args, *(files * 7))
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[:-1] == [x for _ in range(7) for lines in each for x in lines]
+
+
 @pytest.mark.parametrize(("names", "verdicts"), [
     (["www.google.com"], {6: "block"}),
     (["example.org"], {6: "pass"}),
@@ -158,3 +174,22 @@ def test_json_lines_are_exactly_what_the_json_module_writes(tmp_path: Path) -> N
         path = ["plain.pcap", 'dir "quoted"/\u00e9.pcap'][i % 2]
         want = json.dumps(record(path, i + 1, e), ensure_ascii=False) + "\n"
         assert json_line(json.dumps(path, ensure_ascii=False), i + 1, e) == want
+
+
+# Addresses the C formatter and ``ipaddress`` are most likely to write differently: runs of
+# zero groups of every length and place, IPv4-mapped, IPv4-compatible and NAT64 forms.
+_GROUP = st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x64, 0xFF9B]) | st.integers(0, 0xFFFF)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_GROUP, min_size=8, max_size=8) | st.binary(min_size=4, max_size=4).map(
+    lambda v4: [0, 0, 0, 0, 0, 0xFFFF, v4[0] << 8 | v4[1], v4[2] << 8 | v4[3]]))
+def test_addresses_are_written_as_ipaddress_writes_them(groups: list[int]) -> None:
+    """``address`` formats IPv6 with ``inet_ntop``: the text must be ``ipaddress``'s."""
+    import ipaddress
+
+    from blockgate.adapters.replay import address
+
+    raw = b"".join(g.to_bytes(2, "big") for g in groups)
+    assert address.__wrapped__(raw) == str(ipaddress.ip_address(raw))
+    assert address.__wrapped__(raw[-4:]) == str(ipaddress.ip_address(raw[-4:]))
