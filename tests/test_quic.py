@@ -316,6 +316,36 @@ def test_frames(frames: bytes, crypto: tuple[tuple[int, bytes], ...]) -> None:
     assert quic.parse_frames(frames) == crypto
 
 
+_FRAME = st.one_of(
+    st.tuples(st.just("crypto"), st.integers(0, 1 << 20),
+              st.binary(max_size=40) | st.binary(max_size=8).map(lambda b: b + bytes(12))),
+    st.tuples(st.just("pad"), st.integers(1, 300)),
+    st.tuples(st.just("ping")),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_FRAME, max_size=12))
+def test_frames_in_any_order_around_padding(frames: list[tuple[object, ...]]) -> None:
+    """PADDING anywhere (between frames, after CRYPTO data that itself ends in zeros, up to
+    the end): the CRYPTO frames come out whole and in order."""
+    payload, want = b"", []
+    for f in frames:
+        if f[0] == "crypto":
+            offset, data = f[1], f[2]
+            assert isinstance(offset, int) and isinstance(data, bytes)
+            payload += crypto_frame(offset, data)
+            want.append((offset, data))
+        elif f[0] == "pad":
+            assert isinstance(f[1], int)
+            payload += bytes(f[1])
+        else:
+            payload += b"\x01"
+    assert quic.parse_frames(payload) == tuple(want)
+    with pytest.raises(QuicFormatError):  # a STREAM frame after the padding is still seen
+        quic.parse_frames(payload + bytes(5) + b"\x08\x00")
+
+
 BAD_FRAMES = {
     "stream-frame": b"\x08\x00hello",
     "application-close": b"\x1d" + varint(0) + varint(0),

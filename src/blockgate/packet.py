@@ -79,6 +79,10 @@ class Packet(NamedTuple):
     fragment: bool
 
 
+# ``Packet(...)`` runs the NamedTuple's Python-level ``__new__`` (a frame per packet, also
+# in the compiled build); the decoders build the tuple directly with every field given.
+_new: Final = tuple.__new__
+
 # RFC 8200 §4: headers that follow the common "next header, length in 8-octet units" shape.
 _EXT_GENERIC: Final = frozenset({0, 43, 60, 135, 139, 140})
 _EXT_FRAGMENT: Final = 44
@@ -127,7 +131,7 @@ def _ipv4(data: bytes) -> Packet:
         raise PacketFormatError(f"IPv4 total length {total} with {n} bytes", "truncated")
     frag = ((data[6] << 8) | data[7]) & 0x3FFF
     if frag & 0x1FFF:  # not the first fragment: no transport header here
-        return Packet(4, data[9], data[12:16], data[16:20], 0, 0, 0, 0, 0, b"", data[8], True)
+        return _new(Packet, (4, data[9], data[12:16], data[16:20], 0, 0, 0, 0, 0, b"", data[8], True))
     return _transport(data, ihl, total, 4, data[9], data[12:16], data[16:20], data[8], bool(frag))
 
 
@@ -149,7 +153,7 @@ def _ipv6(data: bytes) -> Packet:
             if pos + 8 > end:
                 raise PacketFormatError("fragment header cut short", "truncated")
             if ((data[pos + 2] << 8) | data[pos + 3]) & 0xFFF8:  # offset > 0
-                return Packet(6, data[pos], src, dst, 0, 0, 0, 0, 0, b"", hops, True)
+                return _new(Packet, (6, data[pos], src, dst, 0, 0, 0, 0, 0, b"", hops, True))
             fragment, size = True, 8
         elif nxt == _EXT_AH:
             size = (data[pos + 1] + 2) * 4 if pos + 2 <= end else 0
@@ -170,20 +174,22 @@ def _transport(data: bytes, pos: int, end: int, v: int, proto: int, src: bytes, 
         off = (data[pos + 12] >> 4) * 4
         if off < 20 or pos + off > end:
             raise PacketFormatError(f"TCP data offset {off}", "header")
-        return Packet(v, 6, src, dst, (data[pos] << 8) | data[pos + 1], (data[pos + 2] << 8) | data[pos + 3],
-                      int.from_bytes(data[pos + 4 : pos + 8], "big"),
-                      int.from_bytes(data[pos + 8 : pos + 12], "big"),
-                      data[pos + 13], data[pos + off : end], ttl, fragment)
+        return _new(Packet, (v, 6, src, dst, (data[pos] << 8) | data[pos + 1],
+                             (data[pos + 2] << 8) | data[pos + 3],
+                             int.from_bytes(data[pos + 4 : pos + 8], "big"),
+                             int.from_bytes(data[pos + 8 : pos + 12], "big"),
+                             data[pos + 13], data[pos + off : end], ttl, fragment))
     if proto == 17:  # RFC 768
         if pos + 8 > end:
             raise PacketFormatError("UDP header cut short", "truncated")
         ulen = (data[pos + 4] << 8) | data[pos + 5]
         stop = pos + ulen if 8 <= ulen <= end - pos else end  # 0 or wrong: trust the IP length
-        return Packet(v, 17, src, dst, (data[pos] << 8) | data[pos + 1], (data[pos + 2] << 8) | data[pos + 3],
-                      0, 0, 0, data[pos + 8 : stop], ttl, fragment)
+        return _new(Packet, (v, 17, src, dst, (data[pos] << 8) | data[pos + 1],
+                             (data[pos + 2] << 8) | data[pos + 3], 0, 0, 0, data[pos + 8 : stop], ttl,
+                             fragment))
     if proto in _IP_IN_IP:  # the inner packet is the payload (see ``inner``)
-        return Packet(v, proto, src, dst, 0, 0, 0, 0, 0, data[pos:end], ttl, fragment)
-    return Packet(v, proto, src, dst, 0, 0, 0, 0, 0, b"", ttl, fragment)
+        return _new(Packet, (v, proto, src, dst, 0, 0, 0, 0, 0, data[pos:end], ttl, fragment))
+    return _new(Packet, (v, proto, src, dst, 0, 0, 0, 0, 0, b"", ttl, fragment))
 
 
 # -- tunnels ----------------------------------------------------------------------------

@@ -212,7 +212,7 @@ class SniEngine:
             if depth >= MAX_TUNNELS:
                 return PASS
             d = self.on_packet(tunneled, now, depth + 1)
-            return d if d.packet is None else Decision(d.verdict, d.events)
+            return d if d.packet is None else _new(Decision, (d.verdict, d.events, None, 0, 0))
         events: list[Event] = []
         if now >= self.tcp.next_sweep or now >= self.udp.next_sweep:
             self._expire(now, events, False)
@@ -327,7 +327,7 @@ class SniEngine:
             self.blocked.pop(key)
             self.done.pop(key)
             isn = (p.seq + 1) % _SEQ_MOD if syn else p.seq
-            flow = Flow(FlowId(6, p.src, p.dst, p.sport, p.dport), "dns" if dns else "tls", isn,
+            flow = Flow(_new(FlowId, (6, p.src, p.dst, p.sport, p.dport)), "dns" if dns else "tls", isn,
                         _DNS_TCP_LIMIT if dns else self.settings.max_flow_bytes, now)
             self._add(self.tcp, key, flow, events)
         elif syn and flow.stream is not None and not flow.stream.pieces:
@@ -390,7 +390,8 @@ class SniEngine:
         self.stats.malformed[flow.proto, reason] += 1
         if not flow.hellos:  # after a ClientHello, bytes that are not a record are ciphertext
             self.stats.sni_flows[flow.proto, Verdict.UNKNOWN.value] += 1
-            events.append(Event(Kind.MALFORMED, flow.proto, flow.id, Verdict.UNKNOWN, reason=reason))
+            events.append(_new(Event, (Kind.MALFORMED, flow.proto, flow.id, Verdict.UNKNOWN, None, (), None,
+                                       None, reason)))
         self._close(self.tcp, key, flow, Verdict.UNKNOWN)
 
     def _close(self, table: FlowTable[Flow], key: bytes, flow: Flow, verdict: Verdict) -> None:
@@ -417,7 +418,7 @@ class SniEngine:
         if not dg.initials:
             return self._with(PASS, events)
         if flow is None:
-            flow = Flow(FlowId(17, p.src, p.dst, p.sport, p.dport), "quic", 0,
+            flow = Flow(_new(FlowId, (17, p.src, p.dst, p.sport, p.dport)), "quic", 0,
                         self.settings.max_flow_bytes, now)
             flow.dcid = dg.initials[0].dcid
             self._add(self.udp, key, flow, events)
@@ -480,7 +481,8 @@ class SniEngine:
         except TlsFormatError as exc:
             self.stats.malformed["quic", exc.reason] += 1
             self.stats.sni_flows["quic", Verdict.UNKNOWN.value] += 1
-            events.append(Event(Kind.MALFORMED, "quic", flow.id, Verdict.UNKNOWN, reason=exc.reason))
+            events.append(_new(Event, (Kind.MALFORMED, "quic", flow.id, Verdict.UNKNOWN, None, (), None, None,
+                                       exc.reason)))
             flow.decided, flow.stream = True, None
             return None
         if isinstance(res, NeedMore):
@@ -496,19 +498,20 @@ class SniEngine:
 
     # -- DNS -----------------------------------------------------------------------------
     def _dns_message(self, p: Packet | FlowId, msg: bytes, events: list[Event], transport: str) -> None:
-        fid = p if isinstance(p, FlowId) else FlowId(p.proto, p.src, p.dst, p.sport, p.dport)
+        fid = p if isinstance(p, FlowId) else _new(FlowId, (p.proto, p.src, p.dst, p.sport, p.dport))
         try:
             key, _qtype, _qend = parse_query(msg)
         except DnsFormatError as exc:
             if exc.reason != "qr":  # a response: not ours to decide
                 self.stats.malformed["dns", exc.reason] += 1
-                events.append(Event(Kind.MALFORMED, "dns", fid, Verdict.UNKNOWN, reason=exc.reason))
+                events.append(_new(Event, (Kind.MALFORMED, "dns", fid, Verdict.UNKNOWN, None, (), None, None,
+                                           exc.reason)))
             return
         rule = self.match(key)
         verdict = verdict_of(rule)
         if rule is not None and verdict is Verdict.BLOCK:
             self.stats.blocked["dns", rule.source, rule.category or ""] += 1
-        events.append(Event(Kind.QUERY, "dns", fid, verdict, key, (key,), rule))
+        events.append(_new(Event, (Kind.QUERY, "dns", fid, verdict, key, (key,), rule, None, "")))
 
     def _dns_stream(self, key: bytes, flow: Flow, events: list[Event]) -> None:
         """DNS over TCP: every length-prefixed message now complete (RFC 1035 §4.2.2)."""
@@ -568,7 +571,7 @@ class SniEngine:
             return
         self.stats.sni_flows[flow.proto, Verdict.UNKNOWN.value] += 1
         self.stats.malformed[flow.proto, kind] += 1
-        events.append(Event(kind, flow.proto, flow.id, Verdict.UNKNOWN, reason=kind))
+        events.append(_new(Event, (kind, flow.proto, flow.id, Verdict.UNKNOWN, None, (), None, None, kind)))
 
     def _expire(self, now: float, events: list[Event], force: bool) -> None:
         for table in (self.tcp, self.udp):
@@ -579,7 +582,7 @@ class SniEngine:
 
     @staticmethod
     def _with(base: Decision, events: list[Event]) -> Decision:
-        return base if not events else Decision(base.verdict, tuple(events))
+        return base if not events else _new(Decision, (base.verdict, tuple(events), None, 0, 0))
 
     @staticmethod
     def _decided(events: list[Event]) -> Decision:

@@ -97,6 +97,11 @@ class ClientHello(NamedTuple):
     end: int = 0
 
 
+# ``ClientHello(...)`` runs the NamedTuple's Python-level ``__new__``; the readers build the
+# tuple directly with every field given.
+_new: Final = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class NeedMore:
     """Not enough bytes yet: try again once the stream holds ``need`` bytes."""
@@ -304,7 +309,7 @@ def _plain(b: bytes, end: int) -> ClientHello:
             else:
                 esni = True
         p = q
-    return ClientHello(names, alpn, _u16(b, 0), ech, esni, (), "", end)
+    return _new(ClientHello, (names, alpn, _u16(b, 0), ech, esni, (), "", end))
 
 
 def _plain_name(b: bytes, p: int, q: int) -> bytes:
@@ -356,7 +361,8 @@ def _careful(body: bytes, end: int) -> ClientHello:
                 h.flag("trailing-bytes")
     except TlsFormatError as exc:
         error = exc.reason
-    return ClientHello(tuple(h.names), tuple(h.alpn), version, h.ech, h.esni, tuple(h.anomalies), error, end)
+    return _new(ClientHello, (tuple(h.names), tuple(h.alpn), version, h.ech, h.esni, tuple(h.anomalies),
+                              error, end))
 
 
 def _extensions(c: Cursor, h: _Hello) -> None:
