@@ -18,7 +18,7 @@ $(PY):
 
 # The per-packet modules are compiled in place (setup.py): any change to a source under
 # src/blockgate rebuilds them, so what runs is what the sources say.
-$(STAMP): $(PY) pyproject.toml setup.py scripts/debian-packages.txt $(wildcard src/blockgate/*.py)
+$(STAMP): $(PY) pyproject.toml setup.py scripts/debian-packages.txt $(wildcard src/blockgate/*.py src/blockgate/*/*.py)
 	@scripts/debian-packages.sh  # a C compiler and Python's headers: NetfilterQueue, setup.py
 	$(PY) -m pip install -q --upgrade pip
 	BLOCKGATE_COMPILE=$(BLOCKGATE_COMPILE) $(PY) -m pip install -q -e '.[test]'
@@ -48,7 +48,7 @@ bench-lookup: $(STAMP)
 	$(PY) bench/lookup.py --rounds 5
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info src/*.so src/blockgate/*.so .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/*.so src/blockgate/*.so src/blockgate/*/*.so .mypy_cache .pytest_cache .ruff_cache
 
 bench-dns: $(STAMP)
 	$(PY) bench/dns.py --rounds 2 --seconds 20

@@ -1,6 +1,7 @@
 """Build of blockgate: the metadata is in pyproject.toml; this file adds the compiled modules.
 
-The per-packet and per-query modules (``COMPILED``) are compiled to C extensions with mypyc
+The per-packet and per-query modules (``COMPILED``, dotted names under ``blockgate``; the
+replay adapter's loop and output lines are per packet too) are compiled to C extensions with mypyc
 from the same type-checked sources; the interpreter imports an extension before a ``.py``
 of the same name. Everything else, the matcher included (``bench/lookup.py`` measured no
 gain: its time is in set probes and hashing, already in C), stays interpreted.
@@ -33,6 +34,7 @@ COMPILED = [
     "decisions",
     "verdict",
     "pcap",
+    "adapters.replay",
 ]
 
 
@@ -45,7 +47,7 @@ def ext_modules() -> list[object]:
     try:
         from mypyc.build import mypycify
 
-        return list(mypycify([f"src/blockgate/{m}.py" for m in COMPILED],
+        return list(mypycify([f"src/blockgate/{m.replace('.', '/')}.py" for m in COMPILED],
                              opt_level="3", group_name="blockgate_native"))
     except (Exception, SystemExit) as exc:  # mypy reports type errors by SystemExit
         if mode == "require":

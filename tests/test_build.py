@@ -44,13 +44,18 @@ def compiled_names() -> list[str]:
 NAMES = compiled_names()
 
 
+def source_of(name: str) -> Path:
+    """``adapters.replay`` -> src/blockgate/adapters/replay.py"""
+    return SRC / "blockgate" / f"{name.replace('.', '/')}.py"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_each_listed_module_runs_compiled_and_is_current(name: str) -> None:
     mod = importlib.import_module(f"blockgate.{name}")
     path = Path(str(mod.__file__))
     assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), \
         f"blockgate.{name} was imported from {path}, not from its compiled extension"
-    source = SRC / "blockgate" / f"{name}.py"
+    source = source_of(name)
     if path.parent == source.parent:  # built in place (editable install): rebuilt since edited?
         assert path.stat().st_mtime >= source.stat().st_mtime, \
             f"{path.name} is older than {source.name}: run make to rebuild"
@@ -58,7 +63,7 @@ def test_each_listed_module_runs_compiled_and_is_current(name: str) -> None:
 
 def pure(name: str) -> ModuleType:
     """The interpreted module from its ``.py``, under another name, beside the compiled one."""
-    spec = importlib.util.spec_from_file_location(f"_pure_{name}", SRC / "blockgate" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_pure_{name}", source_of(name))
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

@@ -205,8 +205,9 @@ def version_text() -> str:
     import blockgate
 
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    native = sorted(p.name.split(".", 1)[0] for p in Path(blockgate.__file__).parent.iterdir()
-                    if p.name.endswith(suffixes))
+    root = Path(blockgate.__file__).parent
+    native = sorted(".".join((*p.relative_to(root).parent.parts, p.name.split(".", 1)[0]))
+                    for p in root.rglob("*") if p.name.endswith(suffixes))
     built = f"compiled: {', '.join(native)}" if native else "pure Python: no compiled modules"
     return f"blockgate {__version__} ({built})"
 
