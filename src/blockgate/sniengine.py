@@ -151,6 +151,9 @@ _COMPLETE: Final = frozenset({Kind.HELLO, Kind.QUERY})
 # ``Decision(...)`` and ``Event(...)`` run the NamedTuple's Python-level ``__new__``; the
 # hot paths build the tuple directly with every field given.
 _new: Final = tuple.__new__
+# A verdict's text for counter keys: ``str`` of a StrEnum is C code, ``.value`` a Python
+# property (visible per ClientHello in the compiled build).
+_UNKNOWN: Final = str(Verdict.UNKNOWN)
 
 PASS: Final = Decision(Verdict.PASS)
 DROP: Final = Decision(Verdict.BLOCK)
@@ -389,7 +392,7 @@ class SniEngine:
     def _malformed_stream(self, key: bytes, flow: Flow, reason: str, events: list[Event]) -> None:
         self.stats.malformed[flow.proto, reason] += 1
         if not flow.hellos:  # after a ClientHello, bytes that are not a record are ciphertext
-            self.stats.sni_flows[flow.proto, Verdict.UNKNOWN.value] += 1
+            self.stats.sni_flows[flow.proto, _UNKNOWN] += 1
             events.append(_new(Event, (Kind.MALFORMED, flow.proto, flow.id, Verdict.UNKNOWN, None, (), None,
                                        None, reason)))
         self._close(self.tcp, key, flow, Verdict.UNKNOWN)
@@ -480,7 +483,7 @@ class SniEngine:
             res = read_handshake(data)
         except TlsFormatError as exc:
             self.stats.malformed["quic", exc.reason] += 1
-            self.stats.sni_flows["quic", Verdict.UNKNOWN.value] += 1
+            self.stats.sni_flows["quic", _UNKNOWN] += 1
             events.append(_new(Event, (Kind.MALFORMED, "quic", flow.id, Verdict.UNKNOWN, None, (), None, None,
                                        exc.reason)))
             flow.decided, flow.stream = True, None
@@ -543,7 +546,7 @@ class SniEngine:
             if best[1] is None or (verdict is Verdict.ALLOW and best[0] is not Verdict.ALLOW):
                 best = (verdict, name, rule)
         verdict, chosen, rule = best
-        self.stats.sni_flows[flow.proto, verdict.value] += 1
+        self.stats.sni_flows[flow.proto, str(verdict)] += 1
         if rule is not None and verdict is Verdict.BLOCK:
             self.stats.blocked[flow.proto, rule.source, rule.category or ""] += 1
         return _new(Event, (Kind.HELLO, flow.proto, flow.id, verdict, chosen, hello.names, rule, hello,
@@ -569,7 +572,7 @@ class SniEngine:
         flow.stream = None
         if flow.hellos or flow.decided or flow.proto == "dns":
             return
-        self.stats.sni_flows[flow.proto, Verdict.UNKNOWN.value] += 1
+        self.stats.sni_flows[flow.proto, _UNKNOWN] += 1
         self.stats.malformed[flow.proto, kind] += 1
         events.append(_new(Event, (kind, flow.proto, flow.id, Verdict.UNKNOWN, None, (), None, None, kind)))
 

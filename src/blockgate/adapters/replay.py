@@ -119,7 +119,7 @@ def json_line(path_js: str, frame: int, e: Event) -> str:
     text = (f'{{"file": {path_js}, "frame": {frame}, "event": "{e.kind}", "proto": "{e.proto}", '
             f'"src": "{address(flow.src)}", "dst": "{address(flow.dst)}", "sport": {flow.sport}, '
             f'"dport": {flow.dport}, "name": {_jname(e.name)}, '
-            f'"names": {_jnames(e.names)}, "verdict": "{e.verdict.value}", ')
+            f'"names": {_jnames(e.names)}, "verdict": "{str(e.verdict)}", ')
     if rule is None:
         text += '"source": null, "category": null, "rule": null'
     else:
@@ -204,7 +204,7 @@ def replay(paths: Sequence[str], make_engine: Callable[[], SniEngine], out: Text
             pending.clear()
 
     def emit(path: str, frame: int, e: Event) -> None:
-        decisions[e.proto, e.verdict.value] += 1
+        decisions[e.proto, str(e.verdict)] += 1  # str of a StrEnum: C, where .value is Python
         if e.kind == "client_hello":
             totals.hellos += 1
         if as_json:
