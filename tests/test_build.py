@@ -24,6 +24,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_trie import FakeRules
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -111,12 +112,47 @@ def test_compiled_packet_decoder_equals_the_source(data: bytes) -> None:
         assert got == want
 
 
+_LABELS = st.lists(st.sampled_from(["a", "b", "xn--p1ai", "_x", ""]), min_size=1, max_size=5).map(".".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.lists(st.tuples(_LABELS, st.integers(1, 3), st.booleans()), max_size=10),
+                min_size=1, max_size=3),
+       st.lists(_LABELS | st.text(alphabet="ab.", max_size=14), min_size=1, max_size=25))
+def test_compiled_matcher_equals_the_source(sources: list[list[tuple[str, int, bool]]],
+                                            queries: list[str]) -> None:
+    """The compiled matcher walks a name's bytes (``match_compiled``), the interpreted one
+    partitions it: the same rule for every name, odd ones (empty labels, leading and
+    trailing dots) included."""
+    from blockgate import trie
+
+    mod = PURE["trie"]
+    assert trie._NATIVE and not mod._NATIVE
+
+    def build(t: Any) -> Any:
+        infos = []
+        for i, specs in enumerate(sources):
+            rules = FakeRules()
+            for name, kind, allow in specs:
+                rules.add(name, trie.Kind(kind), allow)
+            infos.append(t.SourceInfo(f"s{i}", rules=rules))
+        return t.compile_rules(infos)
+
+    def answer(m: Any, q: str) -> tuple[bytes, int, bool, int, int] | None:
+        r = m.match(q.encode())
+        return None if r is None else (r.key, int(r.kind), r.allow, r.rule_class.source_index, r.ref)
+
+    compiled, interpreted = build(trie), build(mod)
+    for q in queries:
+        assert answer(compiled, q) == answer(interpreted, q), q
+
+
 PURE: dict[str, ModuleType] = {}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _pure_modules() -> Any:
-    PURE.update({n: pure(n) for n in ("dnswire", "packet")})
+    PURE.update({n: pure(n) for n in ("dnswire", "packet", "trie")})
     yield
     for n in list(PURE):
         sys.modules.pop(f"_pure_{n}", None)

@@ -109,6 +109,52 @@ class RuleClass:
         return (0 if self.allow else 1, 0 if self.kind is Kind.EXACT else 1, self.source_index)
 
 
+class _Side:
+    """Keys of one side (self or below) and, per key, the winning rule's class and ref.
+
+    The index: 30 bits of each key's hash; their top bits pick a bucket (``off[b]:off[b+1]``,
+    about eight entries) and their low 16 bits are the entry's tag, which tells the entries
+    of a bucket apart. Entries whose tag is not unique in their bucket go to ``overflow``
+    (a few hundred per million names).
+    ``find(key)`` must only be asked for a key that is in ``keys``.
+    """
+
+    __slots__ = ("bshift", "cls", "keys", "off", "only", "overflow", "ref", "tags")
+
+    def __init__(self, keys: list[bytes], keyset: set[bytes], cls: array[int],
+                 ref: array[int]) -> None:
+        n = len(keys)
+        self.bshift = _HASH_BITS - max(1, (n // _PER_BUCKET).bit_length())
+        self.keys = keyset
+        distinct = set(cls)
+        self.only = distinct.pop() if len(distinct) == 1 else -1
+        # Long-lived containers are made first and filled in place by ``_fill_index``; its
+        # million temporary ints all die when it returns. A small object allocated while
+        # they live (even a loop variable) would pin one of their memory arenas afterwards.
+        self.off = array("I")
+        self.tags = array("H")
+        self.cls = array(cls.typecode)
+        self.ref = array("I")
+        clash = array("I")
+        _fill_index(self, keys, cls, ref, clash)
+        self.overflow: dict[bytes, tuple[int, int]] = {
+            keys[i]: (self.only if self.only >= 0 else cls[i], ref[i]) for i in clash}
+
+    def find(self, key: bytes) -> tuple[int, int]:
+        if self.overflow:
+            got = self.overflow.get(key)
+            if got is not None:
+                return got
+        h = hash(key) & _HASH_MASK
+        b = h >> self.bshift
+        i = self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
+        return (self.only if self.only >= 0 else self.cls[i]), self.ref[i]
+
+    def nbytes(self) -> int:
+        arrays = (self.off, self.tags, self.cls, self.ref)
+        return sum(a.itemsize * len(a) for a in arrays)
+
+
 class Rule(NamedTuple):
     """The rule that decided a name. Created only on a hit, so it is a bare tuple; where the
     rule came from is looked up on first use (the hot path needs only ``rule_class``)."""
@@ -175,52 +221,6 @@ class Rule(NamedTuple):
         if self.kind is Kind.SUBTREE:
             return name + " and below"
         return name
-
-
-class _Side:
-    """Keys of one side (self or below) and, per key, the winning rule's class and ref.
-
-    The index: 30 bits of each key's hash; their top bits pick a bucket (``off[b]:off[b+1]``,
-    about eight entries) and their low 16 bits are the entry's tag, which tells the entries
-    of a bucket apart. Entries whose tag is not unique in their bucket go to ``overflow``
-    (a few hundred per million names).
-    ``find(key)`` must only be asked for a key that is in ``keys``.
-    """
-
-    __slots__ = ("bshift", "cls", "keys", "off", "only", "overflow", "ref", "tags")
-
-    def __init__(self, keys: list[bytes], keyset: set[bytes], cls: array[int],
-                 ref: array[int]) -> None:
-        n = len(keys)
-        self.bshift = _HASH_BITS - max(1, (n // _PER_BUCKET).bit_length())
-        self.keys = keyset
-        distinct = set(cls)
-        self.only = distinct.pop() if len(distinct) == 1 else -1
-        # Long-lived containers are made first and filled in place by ``_fill_index``; its
-        # million temporary ints all die when it returns. A small object allocated while
-        # they live (even a loop variable) would pin one of their memory arenas afterwards.
-        self.off = array("I")
-        self.tags = array("H")
-        self.cls = array(cls.typecode)
-        self.ref = array("I")
-        clash = array("I")
-        _fill_index(self, keys, cls, ref, clash)
-        self.overflow: dict[bytes, tuple[int, int]] = {
-            keys[i]: (self.only if self.only >= 0 else cls[i], ref[i]) for i in clash}
-
-    def find(self, key: bytes) -> tuple[int, int]:
-        if self.overflow:
-            got = self.overflow.get(key)
-            if got is not None:
-                return got
-        h = hash(key) & _HASH_MASK
-        b = h >> self.bshift
-        i = self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
-        return (self.only if self.only >= 0 else self.cls[i]), self.ref[i]
-
-    def nbytes(self) -> int:
-        arrays = (self.off, self.tags, self.cls, self.ref)
-        return sum(a.itemsize * len(a) for a in arrays)
 
 
 def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int],
@@ -398,7 +398,29 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
                 return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
         return None
 
-    return match_to_top if top_level else match
+    def match_compiled(key: bytes) -> Rule | None:
+        """``match`` for the compiled build: the dots are found by a loop over the bytes
+        and each parent is one slice, both native C there (``partition`` is a method call
+        and a tuple per parent). Interpreted, a loop per byte is the slower of the two."""
+        if key in self_keys:
+            return new_rule(rule_type, (s_only or classes[s_find(key)[0]], key, sside))
+        prev = -1
+        for j in range(len(key)):
+            if key[j] == 46:
+                if prev >= 0:  # the parent after the previous dot has two labels or more
+                    s = key[prev + 1 :]
+                    if s in below_keys:
+                        return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
+                prev = j
+        return None
+
+    if top_level:
+        return match_to_top
+    return match_compiled if _NATIVE else match
+
+
+# This module runs compiled (setup.py): a compiled function has no ``__code__``.
+_NATIVE: Final = not hasattr(_make_match, "__code__")
 
 
 # -- compiling ---------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def json_line(path_js: str, frame: int, e: Event) -> str:
     text = (f'{{"file": {path_js}, "frame": {frame}, "event": "{e.kind}", "proto": "{e.proto}", '
             f'"src": "{address(flow.src)}", "dst": "{address(flow.dst)}", "sport": {flow.sport}, '
             f'"dport": {flow.dport}, "name": {_jname(e.name)}, '
-            f'"names": {_jnames(e.names)}, "verdict": "{str(e.verdict)}", ')
+            f'"names": {_jnames(e.names)}, "verdict": "{e.verdict!s}", ')
     if rule is None:
         text += '"source": null, "category": null, "rule": null'
     else:
