@@ -11,7 +11,9 @@ for other tenants is not counted against either structure.
 Printed per structure: build seconds (blockgate: reading + normalising + compiling the list
 file; trie: building from the same file), RSS growth per rule (after ``gc`` and
 ``malloc_trim``), lookups/s on the mix and on the all-blocked file (best of 3 passes), and
-whether every answer matched the kit's ``.expect`` file. Then the ratios.
+whether every answer matched the kit's ``.expect`` file. Then the ratios. ``--pure`` also
+measures the interpreted matcher (the sources without their compiled extensions, setup.py)
+in the same rounds: what the compiled build gains.
 
     make bench-lookup            # or: .venv/bin/python bench/lookup.py --rounds 2
 """
@@ -24,8 +26,10 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,17 +180,25 @@ def main() -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--one", choices=sorted(BUILDERS), help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true", help="print one JSON object per measurement")
+    ap.add_argument("--pure", action="store_true",
+                    help="also measure the interpreted sources (no compiled modules) in each round")
     a = ap.parse_args()
     if a.one:
         print(json.dumps(measure(a.one, a.data, a.passes)))
         return 0
     ensure_data(a.data)
-    results: dict[str, list[dict[str, object]]] = {k: [] for k in BUILDERS}
+    kinds = [*BUILDERS, *(["interpreted"] if a.pure else [])]
+    results: dict[str, list[dict[str, object]]] = {k: [] for k in kinds}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lookup-"))
+    shutil.copytree(HERE.parent / "src" / "blockgate", tmp / "blockgate",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     for rnd in range(1, a.rounds + 1):
-        for kind in BUILDERS:
-            cmd = ["taskset", "-c", CPU, sys.executable, __file__, "--one", kind,
+        for kind in kinds:
+            cmd = ["taskset", "-c", CPU, sys.executable, __file__, "--one",
+                   "blockgate" if kind == "interpreted" else kind,
                    "--data", str(a.data), "--passes", str(a.passes)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            env = {**os.environ, "PYTHONPATH": str(tmp)} if kind == "interpreted" else None
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             rec = json.loads(proc.stdout)
             rec["round"] = rnd
             results[kind].append(rec)
@@ -217,6 +229,12 @@ def main() -> int:
           f"(read+parse {min(float(r['parse_s']) for r in bg):.2f}, "  # type: ignore[arg-type]
           f"compile {min(float(r['compile_s']) for r in bg):.2f}; target <= 3.0); "  # type: ignore[arg-type]
           f"nested trie build {min(float(r['build_s']) for r in results['nested-trie']):.2f}")  # type: ignore[arg-type]
+    if a.pure:
+        for field in ("mix_lookups_per_s", "blocked_lookups_per_s"):
+            bg, interp, nested = (best(k, field) for k in ("blockgate", "interpreted", "nested-trie"))
+            print(f"  compiled / interpreted {field:16} {bg / interp:.2f}x; "
+                  f"interpreted / nested-dict trie {interp / nested:.2f}x")
+    shutil.rmtree(tmp, ignore_errors=True)
     bad = sum(int(r["mix_wrong"]) + int(r["blocked_wrong"]) for rs in results.values() for r in rs)  # type: ignore[call-overload]
     return 1 if bad else 0
 
