@@ -181,3 +181,19 @@ def test_match_equals_naive_reference(sources: list[list[Spec]], queries: list[s
             assert got is not None, q
             assert (got.key, got.kind, got.allow, got.rule_class.source_index) == want[:4], q
             assert got.ref == want[4] + 1, q
+
+
+@pytest.mark.parametrize("top", [False, True], ids=["two-label-rules", "a-top-label-rule"])
+def test_names_with_hundreds_of_labels(top: bool) -> None:
+    """A TLS server name is not bounded like a DNS name: hundreds of labels still match (and
+    miss) as the reference says, on the walk that stops at two labels and the one that goes
+    to the top label."""
+    specs: list[Spec] = [("x.com", S, False), ("b.x.com", E, True)] + ([("ru", S, False)] if top else [])
+    m = build(specs)
+    flat = [(n.encode(), k, a, 0, o) for o, (n, k, a) in enumerate(specs)]
+    for dots in (126, 127, 128, 129, 130, 131, 132, 300, 1000):
+        for tail in (b"x.com", b"b.x.com", b"y.com", b"ru", b"a.ru"):
+            key = b"a." * (dots - tail.count(b".")) + tail
+            assert key.count(b".") >= dots
+            want, got = naive_match(flat, key), m.match(key)
+            assert (got.key if got else None) == (want[0] if want else None), (dots, tail)

@@ -363,7 +363,8 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
         if key in self_keys:
             return hit_self(key)
         s = key
-        for _ in _WALK_ALL[key.count(46)]:
+        n = key.count(46)
+        for _ in _WALK_ALL[n] if n < _MAX_DOTS else range(n):  # a TLS name may be any length
             s = s.partition(b".")[2]
             if s in below_keys:
                 return hit_below(s)
@@ -392,7 +393,7 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
         s = s.partition(b".")[2]
         if s in below_keys:
             return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
-        for _ in _WALK_SKIP_TOP[n - 3]:
+        for _ in _WALK_SKIP_TOP[n - 3] if n - 3 < _MAX_DOTS else range(n - 4):
             s = s.partition(b".")[2]
             if s in below_keys:
                 return new_rule(rule_type, (b_only or classes[b_find(s)[0]], s, bside))
