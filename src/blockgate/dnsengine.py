@@ -304,7 +304,10 @@ class DnsEngine:
             self.stats.upstream_errors[self.settings.upstreams[upstream].label,
                                       "malformed" if len(data) < HEADER else "unexpected-id"] += 1
             return None
-        query, qend = p[_DATA], p[_QEND]
+        # Typed: the compiled build then slices and compares natively (``p`` holds Any).
+        query: bytes = p[_DATA]
+        qend: int = p[_QEND]
+        sent: float = p[_SENT]
         # The answer repeats the question: same bytes (or the same name in another case).
         if data[HEADER:qend] != query[HEADER:qend] and (
                 data[HEADER:qend].lower() != query[HEADER:qend].lower() or data[4:6] != b"\x00\x01"):
@@ -317,8 +320,8 @@ class DnsEngine:
                 del late[next(iter(late))]
             late[qid] = None
         stats = self.stats
-        stats.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, now - p[_SENT])] += 1
-        stats.upstream_latency_sum[upstream] += now - p[_SENT]
+        stats.upstream_latency[upstream][bisect_left(LATENCY_BUCKETS, now - sent)] += 1
+        stats.upstream_latency_sum[upstream] += now - sent
         self.current = upstream
         if data[3] & 0x80 != self.synth.ra:  # our own answers set RA as the upstream does
             self.synth.ra = data[3] & 0x80
