@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from interpreted import pure_sources
+
 HERE = Path(__file__).resolve().parent
 KIT = Path(os.environ.get("BENCH_KIT", HERE.parent.parent / "shared" / "bench"))
 ROOT = Path(os.environ.get("BENCH_ROOT", "/tmp/blockgate-bench"))
 DATA = ROOT / "data"
-REPO = HERE.parent
 PORT, UPSTREAM_PORT = 5300, 5399
 
 CONFIG = """\
@@ -113,10 +114,7 @@ def main() -> int:
     env = dict(os.environ, RESULTS=str(results))
     only, extra = "dnsdist-1M,blockgate", []
     if a.pure:  # the sources alone, without the compiled extensions beside them (setup.py)
-        pure = ROOT / "run" / "pure"
-        shutil.rmtree(pure, ignore_errors=True)
-        shutil.copytree(REPO / "src" / "blockgate", pure / "blockgate",
-                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+        pure = pure_sources(ROOT / "run" / "pure")
         only += ",blockgate-interpreted"
         extra = ["--custom", f"blockgate-interpreted=env PYTHONPATH={pure} {a.python} -m blockgate "
                  f"run --config {cfg}"]

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from interpreted import pure_sources
+
 HERE = Path(__file__).resolve().parent
 KIT = Path(os.environ.get("BENCH_KIT", HERE.parent.parent / "shared" / "bench"))
 DATA = Path(os.environ.get("BENCH_DATA", "/tmp/blockgate-bench/data"))
@@ -189,9 +191,7 @@ def main() -> int:
     ensure_data(a.data)
     kinds = [*BUILDERS, *(["interpreted"] if a.pure else [])]
     results: dict[str, list[dict[str, object]]] = {k: [] for k in kinds}
-    tmp = Path(tempfile.mkdtemp(prefix="bench-lookup-"))
-    shutil.copytree(HERE.parent / "src" / "blockgate", tmp / "blockgate",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    tmp = pure_sources(Path(tempfile.mkdtemp(prefix="bench-lookup-"))) if a.pure else None
     for rnd in range(1, a.rounds + 1):
         for kind in kinds:
             cmd = ["taskset", "-c", CPU, sys.executable, __file__, "--one",
@@ -234,7 +234,8 @@ def main() -> int:
             bg, interp, nested = (best(k, field) for k in ("blockgate", "interpreted", "nested-trie"))
             print(f"  compiled / interpreted {field:16} {bg / interp:.2f}x; "
                   f"interpreted / nested-dict trie {interp / nested:.2f}x")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     bad = sum(int(r["mix_wrong"]) + int(r["blocked_wrong"]) for rs in results.values() for r in rs)  # type: ignore[call-overload]
     return 1 if bad else 0
 

@@ -47,6 +47,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
+from interpreted import pure_sources  # noqa: E402
+
 from blockgate.packet import PacketFormatError, checksum, ip_offset  # noqa: E402
 from blockgate.pcap import parse_capture  # noqa: E402
 
@@ -130,15 +132,6 @@ class Result:
     blocked: int = 0
     names: set[tuple[int, str, str]] = field(default_factory=set)  # (frame, proto, name)
     flows: set[tuple[str, int, str, int, str]] = field(default_factory=set)  # client, server, name
-
-
-def pure_sources(work: Path) -> Path:
-    """The package's sources alone (no compiled extension beside them), for the same-run
-    baseline of what the compiled build (setup.py) gains."""
-    dst = work / "pure"
-    shutil.copytree(REPO / "src" / "blockgate", dst / "blockgate",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    return dst
 
 
 def run_blockgate(cap: Path, work: Path, pythonpath: Path | None = None) -> Result:
@@ -268,7 +261,7 @@ def main() -> int:
         bg, nd, ts = run_blockgate(cap, work), run_ndpi(cap), run_tshark(cap)
         report(packets, bg, nd, ts)
         if not args.no_pure:
-            pure = run_blockgate(cap, work, pure_sources(work))
+            pure = run_blockgate(cap, work, pure_sources(work / "pure"))
             same = "same" if pure.names == bg.names and pure.blocked == bg.blocked else "DIFFERENT"
             print(f"blockgate replay, interpreted sources (no compiled modules): {pure.pps:,.0f} "
                   f"packets/s; compiled/interpreted {bg.pps / pure.pps:.2f}x, ratio to ndpiReader "
