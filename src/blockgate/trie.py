@@ -55,8 +55,9 @@ ACTION_SHIFT: Final = 3
 _SELF_KINDS: Final = frozenset({Kind.EXACT, Kind.SUBTREE})
 _BELOW_KINDS: Final = frozenset({Kind.SUBTREE, Kind.WILDCARD})
 
-# A name has at most 127 labels (253 octets); one range object per possible dot count, built
-# once, so the walk loop iterates a prebuilt range instead of testing for the last label.
+# A DNS name has at most 127 labels (253 octets); one range object per possible dot count,
+# built once, so the walk loop iterates a prebuilt range instead of testing for the last
+# label. A TLS server name is unbounded: past that, the walk makes its range.
 _MAX_DOTS: Final = 128
 _WALK_SKIP_TOP: Final = tuple(range(max(0, n - 1)) for n in range(_MAX_DOTS))
 _WALK_ALL: Final = tuple(range(n) for n in range(_MAX_DOTS))
@@ -364,7 +365,7 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
             return hit_self(key)
         s = key
         n = key.count(46)
-        for _ in _WALK_ALL[n] if n < _MAX_DOTS else range(n):  # a TLS name may be any length
+        for _ in _WALK_ALL[n] if n < _MAX_DOTS else range(n):
             s = s.partition(b".")[2]
             if s in below_keys:
                 return hit_below(s)

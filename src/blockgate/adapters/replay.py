@@ -150,7 +150,7 @@ def line(rec: dict[str, Any]) -> str:
 
 
 def replay_file(path: str, engine: SniEngine, emit: Callable[[str, int, Event], None], totals: Totals,
-                err: TextIO, flush: Callable[[], None] = lambda: None) -> None:
+                err: TextIO, flush: Callable[[], None]) -> None:
     """Every record of one capture through ``engine``; decisions go to ``emit``, and
     ``flush`` writes out what it holds (inside the timed loop)."""
     try:
