@@ -426,3 +426,36 @@ def test_cname_block_is_queued_under_the_query_name() -> None:
     e.answer(upstream_answer(sent, _chain("cdn.bad.test.")), 0, 0.0)
     ((client, name, action, rule),) = e.block_log
     assert (client, name, action, rule.pattern) == ("127.0.0.1", b"alias.ok.test", "nxdomain", "cdn.bad.test")
+
+
+def test_the_server_writes_queued_lines_a_few_per_wake_and_accounts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The worker writes at most LINES_PER_WAKE lines after each batch of answers (a quarter
+    second's worth at once stalled the loop), the rest later; every block is either a line or
+    counted as suppressed."""
+    import json
+    import logging
+
+    from blockgate.adapters.dns_server import LINES_PER_WAKE, DnsServer
+    from blockgate.decisions import DecisionLog
+
+    e = make_engine()
+    dl = DecisionLog("all", 1000)
+    server = DnsServer(e, [], 1.0, 1, dl)
+    e.log_budget[0] = 10
+    clients = [f"127.0.0.{10 + i}" for i in range(10)]
+    for c in clients:
+        e.query(q("nx.test", edns=True), (c, 40000), UDP, False, 0.0)
+    with caplog.at_level(logging.INFO, logger="blockgate.decisions"):
+        server._write_some()
+        first = [ln for r in caplog.records for ln in r.getMessage().splitlines()]
+        assert len(first) == LINES_PER_WAKE < 10
+        assert len(e.block_log) == 10 - LINES_PER_WAKE
+        for _ in range(5):  # blocks beyond the budget: counted only
+            e.query(q("nx.test"), CLIENT, UDP, False, 0.0)
+        server._write_decisions()  # what the periodic task does: the rest, then accounting
+        server._account_decisions(dl)
+    lines = [json.loads(ln) for r in caplog.records for ln in r.getMessage().splitlines()]
+    assert [d["client"] for d in lines] == clients  # oldest first, each once
+    assert e.block_log == [] and dl.suppressed == 5
+    assert e.log_budget[0] == int(1000 * 0.25)
