@@ -1,9 +1,9 @@
 """Build of blockgate: the metadata is in pyproject.toml; this file adds the compiled modules.
 
 The per-packet and per-query modules (``COMPILED``, dotted names under ``blockgate``; the
-replay adapter's loop and output lines are per packet too) are compiled to C extensions with mypyc
-from the same type-checked sources; the interpreter imports an extension before a ``.py``
-of the same name. The matcher (``trie``) is compiled too: its lookup walks the name's bytes
+replay adapter's loop and output lines, and the DNS server's UDP loop, are per packet too)
+are compiled to C extensions with mypyc from the same type-checked sources; the interpreter
+imports an extension before a ``.py`` of the same name. The matcher (``trie``) is compiled too: its lookup walks the name's bytes
 natively there (``bench/lookup.py``). Everything else stays interpreted.
 
 ``BLOCKGATE_COMPILE`` chooses:
@@ -35,6 +35,7 @@ COMPILED = [
     "verdict",
     "pcap",
     "adapters.replay",
+    "adapters.dns_server",
     "trie",
 ]
 

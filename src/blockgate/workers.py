@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from blockgate.adapters.control import Channel
-from blockgate.adapters.dns_server import DnsServer, bind_tcp, bind_udp, entropy
+from blockgate.adapters.dns_server import DnsServer, bind_tcp, bind_udp, entropy, new_loop
 from blockgate.adapters.mirror import MirrorService
 from blockgate.adapters.nfqueue import QueueService
 from blockgate.config import Config, Section, parse_addr
@@ -106,11 +106,13 @@ def serve_slot(config: Config, ruleset: RuleSet, slot: Slot, channel: Channel, w
         def ready() -> None:
             channel.send(("ready",))
 
-        await server.serve(stop, drain, ready)
+        await server.serve(stop, drain, ready, hot=selector)
         collector.cancel()
         channel.send(("final", stats))
 
-    asyncio.run(main())
+    loop, selector = new_loop()
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        runner.run(main())
     return 0
 
 

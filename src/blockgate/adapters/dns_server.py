@@ -1,10 +1,12 @@
 """DNS over UDP and TCP for one worker: sockets in, ``DnsEngine`` decisions out.
 
-The event loop is asyncio's, but the UDP hot path bypasses its protocol machinery: each
-readable socket is drained in a tight ``recvfrom`` loop (up to ``BATCH`` packets per wake-up)
-and answered with ``sendto`` on the spot, so under load the loop's own cost is spread over
-many packets. TCP (RFC 7766: length-prefixed, pipelined, idle timeout, connection limit)
-and the upstream TCP connections use asyncio streams: they are the rare path.
+The event loop is asyncio's, on a selector of our own (``HotSelector``): the UDP sockets
+(clients and upstreams) are served inside its ``select()``, each readable socket drained in
+a tight ``recvfrom`` loop (up to ``BATCH`` packets per wake-up) and answered with ``sendto``
+on the spot, without asyncio's callback machinery. TCP (RFC 7766: length-prefixed,
+pipelined, idle timeout, connection limit), the upstream TCP connections, the timers and the
+supervisor's channel are asyncio's as usual: they are the rare path. The module is compiled
+(``setup.py``), as the packets' path.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import select
+import selectors
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Final
 
 from blockgate.decisions import DecisionLog
@@ -53,6 +59,179 @@ DECISIONS_EVERY: Final = 0.25
 # at the default rate), they stalled the loop for ~1 ms four times a second, which set the
 # 99th percentile of the latency at 5,000 QPS. A few per wake-up spread that over traffic.
 LINES_PER_WAKE: Final = 4
+
+
+# -- the event loop's selector ------------------------------------------------------------
+_READ = select.EPOLLIN
+_WRITE = select.EPOLLOUT
+
+
+def _fd(fileobj: Any) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+class _Map(Mapping[Any, selectors.SelectorKey]):
+    def __init__(self, keys: dict[int, selectors.SelectorKey]) -> None:
+        self._keys = keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        try:
+            return self._keys[_fd(fileobj)]
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self) -> Any:
+        return iter(self._keys)
+
+
+class HotSelector(selectors.BaseSelector):
+    """The epoll selector for asyncio that serves the UDP sockets itself.
+
+    asyncio turns every readable socket into a callback: a selector key, a handle in the ready
+    queue, ``Handle._run`` through a context, then another turn of ``_run_once`` for the timers.
+    At a few thousand queries a second, one query per wake-up, that machinery cost about as much
+    as the query itself. ``HotSelector`` is the selector asyncio's loop runs on; the sockets given
+    to ``add_hot`` are registered with the same epoll set but never reach the loop: their handler
+    runs inside ``select()`` as soon as epoll reports them, and ``select()`` polls again for as
+    long as the loop has nothing else to do (its timeout, which is when its next timer is due).
+    Everything else (TCP streams, timers, signals, the supervisor's channel) is asyncio's as
+    usual. A handler that hands work to the loop (a task, a callback) calls ``wake()``, so that
+    ``select()`` returns and the loop runs it.
+
+    Only the public ``select.epoll`` and ``selectors`` interfaces are used.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._map = _Map(self._keys)
+        self._hot: dict[int, Callable[[], None]] = {}
+        self._woken = False
+
+    # -- the hot sockets -----------------------------------------------------------------
+    def add_hot(self, fileobj: Any, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` whenever ``fileobj`` is readable, inside ``select()``."""
+        fd = _fd(fileobj)
+        if fd in self._keys or fd in self._hot:
+            raise KeyError(f"{fileobj!r} is already registered")
+        self._epoll.register(fd, _READ)
+        self._hot[fd] = handler
+
+    def remove_hot(self, fileobj: Any) -> bool:
+        fd = _fd(fileobj)
+        if self._hot.pop(fd, None) is None:
+            return False
+        with contextlib.suppress(OSError):  # closed already: the kernel dropped it
+            self._epoll.unregister(fd)
+        return True
+
+    def wake(self) -> None:
+        """A handler gave the loop work: ``select()`` returns after this round."""
+        self._woken = True
+
+    # -- selectors.BaseSelector ----------------------------------------------------------
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"invalid events: {events!r}")
+        fd = _fd(fileobj)
+        if fd in self._keys or fd in self._hot:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._epoll.register(fd, self._mask(events))
+        self._keys[fd] = key
+        self._woken = True
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        try:
+            key = self._keys.pop(_fd(fileobj))
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(key.fd)
+        self._woken = True
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        try:
+            key = self._keys[_fd(fileobj)]
+        except (KeyError, ValueError):
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            self._epoll.modify(key.fd, self._mask(events))
+        if events != key.events or data != key.data:
+            key = key._replace(events=events, data=data)
+            self._keys[key.fd] = key
+        self._woken = True
+        return key
+
+    @staticmethod
+    def _mask(events: int) -> int:
+        return ((_READ if events & selectors.EVENT_READ else 0)
+                | (_WRITE if events & selectors.EVENT_WRITE else 0))
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        poll, hot, keys = self._epoll.poll, self._hot, self._keys
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        wait = timeout
+        while True:
+            if wait is None:
+                ms = -1.0
+            elif wait <= 0:
+                ms = 0.0
+            else:  # epoll's resolution is 1 ms: wait at least the timeout
+                ms = math.ceil(wait * 1e3) * 1e-3
+            self._woken = False
+            try:
+                events = poll(ms, max(len(keys) + len(hot), 1))
+            except InterruptedError:
+                return ready
+            for fd, ev in events:
+                handler = hot.get(fd)
+                if handler is not None:
+                    try:
+                        handler()
+                    except Exception:  # as the loop would for a callback: logged, not fatal
+                        log.exception("UDP handler for FD %d failed", fd)
+                    continue
+                key = keys.get(fd)
+                if key is not None:
+                    mask = ((selectors.EVENT_WRITE if ev & ~_READ else 0)
+                            | (selectors.EVENT_READ if ev & ~_WRITE else 0))
+                    ready.append((key, mask & key.events))
+            if ready or self._woken or not events:
+                return ready  # the loop's turn: its events, its timers, or its new work
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return ready
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
+
+    def close(self) -> None:
+        self._keys.clear()
+        self._hot.clear()
+        self._epoll.close()
+
+
+def new_loop() -> tuple[asyncio.AbstractEventLoop, HotSelector]:
+    """An asyncio loop on a ``HotSelector``, for ``DnsServer.serve(..., hot=)``."""
+    selector = HotSelector()
+    return asyncio.SelectorEventLoop(selector), selector
 
 
 def receive_buffer(s: socket.socket, size: int = UDP_RCVBUF) -> None:
@@ -134,6 +313,7 @@ class UpstreamTcp:
         self.queue.append(frame)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
+            self.server.wake()
 
     async def _run(self) -> None:
         engine = self.server.engine
@@ -182,6 +362,7 @@ class DnsServer:
         self._blocks_seen = 0  # blocks counted, and lines queued, when last accounted
         self._queued_seen = 0
         self._lines_taken = 0  # lines taken from the engine's queue, ever
+        self.hot: HotSelector | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def bind(self) -> None:
@@ -201,14 +382,17 @@ class DnsServer:
             self.utcp.append(UpstreamTcp(self, i, up.host, up.port))
 
     async def serve(self, stop: asyncio.Event, drain: asyncio.Event | None = None,
-                    ready: Callable[[], None] | None = None) -> None:
+                    ready: Callable[[], None] | None = None, hot: HotSelector | None = None) -> None:
         """Serve until ``stop``; or, once ``drain`` is set, stop taking client queries, finish
-        those sent upstream, and return. ``ready`` is called once every socket is read."""
+        those sent upstream, and return. ``ready`` is called once every socket is read.
+        ``hot``: the running loop's selector, when it is a ``HotSelector`` (``new_loop``): the
+        UDP sockets are then served inside it."""
         loop = asyncio.get_running_loop()
+        self.hot = hot
         for s in self.udp:
-            loop.add_reader(s.fileno(), self._udp_ready, s)
+            self._read(s, partial(self._udp_ready, s))
         for i, u in enumerate(self.usocks):
-            loop.add_reader(u.fileno(), self._upstream_ready, i, u)
+            self._read(u, partial(self._upstream_ready, i, u))
         servers = [await asyncio.start_server(self._tcp_client, sock=s) for s in self.tcp]
         expiry = loop.create_task(self._expire_loop())
         logger = None if self.decisions is None else loop.create_task(self._decisions_loop(self.decisions))
@@ -228,13 +412,28 @@ class DnsServer:
                 self._write_decisions()
             for s in self.udp + self.usocks:
                 if s.fileno() >= 0:
-                    loop.remove_reader(s.fileno())
+                    self._unread(s)
                     s.close()
             for srv in servers:
                 srv.close()
             for up in self.utcp:
                 if up.writer is not None:
                     up.writer.close()
+
+    def _read(self, sock: socket.socket, handler: Callable[[], None]) -> None:
+        if self.hot is not None:
+            self.hot.add_hot(sock.fileno(), handler)
+        else:
+            asyncio.get_running_loop().add_reader(sock.fileno(), handler)
+
+    def _unread(self, sock: socket.socket) -> None:
+        if self.hot is None or not self.hot.remove_hot(sock.fileno()):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+
+    def wake(self) -> None:
+        """Work was given to the loop from a UDP handler: let it run."""
+        if self.hot is not None:
+            self.hot.wake()
 
     async def _decisions_loop(self, dl: DecisionLog) -> None:
         """Renew the engine's budget for queued blocks, write what is still queued, and tell
@@ -278,9 +477,8 @@ class DnsServer:
         """Leave the client sockets to the next worker: what is queued in them stays there
         for it. Queries already sent upstream are answered (or fail over and time out)
         within ``timeout`` per upstream."""
-        loop = asyncio.get_running_loop()
         for s in self.udp:
-            loop.remove_reader(s.fileno())
+            self._unread(s)
         for srv in servers:
             srv.close()  # this process's handle only: the supervisor's stays open
         settings = self.engine.settings
