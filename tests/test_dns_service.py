@@ -326,6 +326,31 @@ def test_forwarded_answer_is_upstreams_bytes_but_the_id(bg: Blockgate, knot: Kno
     assert via[2:] == direct[2:]
 
 
+
+def test_a_burst_and_a_trickle_are_all_answered(bg: Blockgate) -> None:
+    """A socket is read once per wake-up when it is quiet and drained when it is busy: 400
+    queries sent back to back (blocked and forwarded, so the upstream socket bursts too) and
+    then 20 sent 5 ms apart all get their answer."""
+    names = ("nx.blocked.test", "www.example.test")
+    with udp_socket(bg.addr) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.settimeout(3.0)
+        for i in range(400):
+            s.send(make_query(names[i % 2], "A", qid=i, edns=False))
+        ids = set()
+        with contextlib.suppress(TimeoutError):
+            while len(ids) < 400:
+                got = s.recv(4096)
+                qid = int.from_bytes(got[:2], "big")
+                ids.add(qid)
+                assert rcode(got) == (3 if qid % 2 == 0 else 0), qid  # NXDOMAIN, NOERROR
+        assert ids == set(range(400))
+        for i in range(20):
+            s.send(make_query(names[i % 2], "A", qid=1000 + i, edns=False))
+            got = s.recv(4096)
+            assert int.from_bytes(got[:2], "big") == 1000 + i
+            time.sleep(0.005)
+
 def test_edns_passes_through(bg: Blockgate) -> None:
     """The client's OPT reaches the upstream: NSID asked, Knot's NSID comes back; DO kept."""
     r = dig(bg.addr, "www.example.test", "+nsid", "+dnssec", "+bufsize=1400")
