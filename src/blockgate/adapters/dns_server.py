@@ -1,9 +1,10 @@
 """DNS over UDP and TCP for one worker: sockets in, ``DnsEngine`` decisions out.
 
 The event loop is asyncio's, on a selector of our own (``HotSelector``): the UDP sockets
-(clients and upstreams) are served inside its ``select()``, each readable socket drained in
-a tight ``recvfrom`` loop (up to ``BATCH`` packets per wake-up) and answered with ``sendto``
-on the spot, without asyncio's callback machinery. TCP (RFC 7766: length-prefixed,
+(clients and upstreams) are served inside its ``select()``: a readable socket is read once
+when traffic is light and drained in a tight ``recvfrom`` loop (up to ``BATCH`` packets per
+wake-up) when it is busy (``BURST_GAP``), each query answered with ``sendto`` on the spot,
+without asyncio's callback machinery. TCP (RFC 7766: length-prefixed,
 pipelined, idle timeout, connection limit), the upstream TCP connections, the timers and the
 supervisor's channel are asyncio's as usual: they are the rare path. The module is compiled
 (``setup.py``), as the packets' path.
