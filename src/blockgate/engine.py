@@ -1,7 +1,9 @@
 """The facade every adapter drives: compiled rules in, decisions out.
 
-A ``RuleSet`` is immutable: a new list means a new RuleSet, swapped in whole. The engine
-keeps no clock and does no I/O; adapters hand it bytes and names.
+A ``RuleSet`` is not changed while it serves: a new list means a new RuleSet, either
+compiled from scratch or made by patching the one in force in the process that holds it
+(``RuleSet.patch``; the old object is not used afterwards). The engine keeps no clock and
+does no I/O; adapters hand it bytes and names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from blockgate.errors import DomainError
 from blockgate.lists.base import ParsedList
 from blockgate.sniengine import Decision, Event, SniEngine, make_sni_settings
 from blockgate.sniengine import Settings as SniSettings
-from blockgate.trie import Matcher, Rule, SourceInfo, compile_rules
+from blockgate.trie import Matcher, Patch, Rule, SourceInfo, compile_rules, patch_source
 from blockgate.verdict import Verdict, verdict_of
 
 
@@ -41,8 +43,14 @@ class LoadedSource:
 class RuleSet:
     """Every loaded source compiled into one matcher, in config (precedence) order."""
 
-    def __init__(self, loaded: Sequence[LoadedSource]) -> None:
+    def __init__(self, loaded: Sequence[LoadedSource], matcher: Matcher | None = None) -> None:
         self.loaded = list(loaded)
+        if matcher is None:
+            matcher = self._compile()
+        self.matcher: Matcher = matcher
+        self.match = matcher.match
+
+    def _compile(self) -> Matcher:
         infos = []
         for ls in self.loaded:
             if ls.parsed is None:
@@ -50,15 +58,38 @@ class RuleSet:
             ls.kinds = ls.parsed.kind_counts()
             c = ls.config
             infos.append(SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), ls.parsed))
-        self.matcher: Matcher = compile_rules(infos)
+        matcher = compile_rules(infos)
         for ls in self.loaded:
             if ls.parsed is not None:
                 ls.parsed.release()  # the matcher holds the rules now
-        self.match = self.matcher.match
+        return matcher
 
     @property
     def rules(self) -> int:
         return sum(ls.rules for ls in self.loaded)
+
+    def patch(self, new: LoadedSource) -> Patch | str:
+        """What changes if ``new`` (a new version of one source, same settings) replaces its
+        copy here; or why that takes a compile from scratch. Writes nothing."""
+        infos = [ls for ls in self.loaded if ls.parsed is not None]
+        index = next((i for i, ls in enumerate(infos) if ls.config.name == new.config.name), -1)
+        if index < 0 or new.parsed is None:
+            return "the source has no list in the rule set in force"
+        if infos[index].config != new.config:
+            return "the source's settings changed"
+        c = new.config
+        return patch_source(self.matcher, index,
+                            SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), new.parsed))
+
+    def patched(self, new: LoadedSource, patch: Patch) -> RuleSet:
+        """Write ``patch`` (from ``self.patch(new)``) and return the rule set it makes.
+        ``self`` must not serve afterwards."""
+        assert new.parsed is not None
+        new.kinds = new.parsed.kind_counts()
+        matcher = patch.apply()
+        new.parsed.release()
+        loaded = [new if ls.config.name == new.config.name else ls for ls in self.loaded]
+        return RuleSet(loaded, matcher)
 
 
 @dataclass(frozen=True, slots=True)

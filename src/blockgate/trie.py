@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import accumulate, compress, count, islice, repeat
-from operator import and_, itemgetter, ne, sub
+from operator import and_, gt, itemgetter, ne, sub
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from blockgate.policy import Action
@@ -103,6 +103,7 @@ class RuleClass:
     allow: bool
     action: Action | None  # the rule's own action (RPZ, dnsmasq), else the source's
     index: int = 0  # position in ``Matcher.classes``: counters are lists indexed by it
+    flags: int = -1  # the flag byte its rules carry in the source's columns
 
     @property
     def priority(self) -> tuple[int, int, int]:
@@ -120,10 +121,10 @@ class _Side:
     ``find(key)`` must only be asked for a key that is in ``keys``.
     """
 
-    __slots__ = ("bshift", "cls", "keys", "off", "only", "overflow", "ref", "tags")
+    __slots__ = ("bshift", "cls", "extra", "keys", "off", "only", "overflow", "patched", "ref", "tags")
 
     def __init__(self, keys: list[bytes], keyset: set[bytes], cls: array[int],
-                 ref: array[int]) -> None:
+                 ref: array[int], extra: dict[bytes, tuple[tuple[int, int], ...]] | None = None) -> None:
         n = len(keys)
         self.bshift = _HASH_BITS - max(1, (n // _PER_BUCKET).bit_length())
         self.keys = keyset
@@ -140,6 +141,10 @@ class _Side:
         _fill_index(self, keys, cls, ref, clash)
         self.overflow: dict[bytes, tuple[int, int]] = {
             keys[i]: (self.only if self.only >= 0 else cls[i], ref[i]) for i in clash}
+        # The rules that lost at a name to its winner, (class, ref) each: what a patch needs
+        # to find the next winner when the winner's source drops it. Empty without duplicates.
+        self.extra: dict[bytes, tuple[tuple[int, int], ...]] = extra if extra is not None else {}
+        self.patched = 0  # names added or removed by patches since the compile
 
     def find(self, key: bytes) -> tuple[int, int]:
         if self.overflow:
@@ -150,6 +155,15 @@ class _Side:
         b = h >> self.bshift
         i = self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
         return (self.only if self.only >= 0 else self.cls[i]), self.ref[i]
+
+    def position(self, key: bytes) -> int:
+        """The index entry of ``key`` (which must be in ``keys`` and not in ``overflow``)."""
+        h = hash(key) & _HASH_MASK
+        b = h >> self.bshift
+        return self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
+
+    def class_at(self, pos: int) -> int:
+        return self.only if self.only >= 0 else self.cls[pos]
 
     def nbytes(self) -> int:
         arrays = (self.off, self.tags, self.cls, self.ref)
@@ -335,7 +349,9 @@ class Matcher:
 
     @property
     def names(self) -> int:
-        return len(self._self.keys | self._below.keys)
+        """Distinct names (a union of the two sets would cost a third set)."""
+        sk, bk = self._self.keys, self._below.keys
+        return len(sk) + len(bk) - sum(map(sk.__contains__, bk))
 
     def index_bytes(self) -> int:
         return self._self.nbytes() + self._below.nbytes()
@@ -462,10 +478,11 @@ class _SideInput:
         self.cls.extend(compress(classes, mask))
         self.ref.extend(compress(rules.refs, mask))
 
-    def dedupe(self, classes: list[RuleClass]) -> tuple[set[bytes], int]:
+    def dedupe(self, classes: list[RuleClass]) -> tuple[set[bytes], int, dict[bytes, tuple[tuple[int, int], ...]]]:
         """Keep one rule per name: the best priority, then the earliest.
 
-        Returns the set of names (kept by the side) and the number of rules dropped.
+        Returns the set of names (kept by the side), the number of rules dropped, and the
+        dropped ones by name (class, ref), for patches.
         """
         n = len(self.keys)
         # The names listed more than once are found while the set is built: a second sighting
@@ -481,7 +498,7 @@ class _SideInput:
             else:
                 add(k)
         if not multi:
-            return keyset, 0
+            return keyset, 0, {}
         best: dict[bytes, int] = {}
         for i, k in enumerate(self.keys):
             if k in multi:
@@ -489,13 +506,15 @@ class _SideInput:
                 if j is None or classes[self.cls[i]].priority < classes[self.cls[j]].priority:
                     best[k] = i
         keep = bytearray(b"\x01") * n
+        losers: dict[bytes, list[tuple[int, int]]] = {}
         for i, k in enumerate(self.keys):
             if k in multi and best[k] != i:
                 keep[i] = 0
+                losers.setdefault(k, []).append((self.cls[i], self.ref[i]))
         self.keys = list(compress(self.keys, keep))
         self.cls = array(self.cls.typecode, compress(self.cls, keep))
         self.ref = array("I", compress(self.ref, keep))
-        return keyset, n - len(self.keys)
+        return keyset, n - len(self.keys), {k: tuple(v) for k, v in losers.items()}
 
 
 def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
@@ -512,7 +531,7 @@ def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
             act = flags >> ACTION_SHIFT
             local[flags] = len(classes)
             classes.append(RuleClass(src, si, Kind(flags & KIND_MASK), bool(flags & ALLOW),
-                                     Action(act) if act else src.action, len(classes)))
+                                     Action(act) if act else src.action, len(classes), flags))
         class_of.append(local)
     code = "H" if len(classes) > 255 else "B"
     sside, bside = _SideInput(cls=array(code)), _SideInput(cls=array(code))
@@ -522,12 +541,272 @@ def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
         cls_of = array(code, [local.get(f, 0) for f in range(256)])
         sside.extend(src.rules, _SELF_TABLE, cls_of)
         bside.extend(src.rules, _BELOW_TABLE, cls_of)
-    sset, sdrop = sside.dedupe(classes)
-    bset, bdrop = bside.dedupe(classes)
-    self_side = _Side(sside.keys, sset, sside.cls, sside.ref)
+    sset, sdrop, sextra = sside.dedupe(classes)
+    bset, bdrop, bextra = bside.dedupe(classes)
+    self_side = _Side(sside.keys, sset, sside.cls, sside.ref, sextra)
     del sside
-    below_side = _Side(bside.keys, bset, bside.cls, bside.ref)
+    below_side = _Side(bside.keys, bset, bside.cls, bside.ref, bextra)
     del bside
     stats: dict[str, Any] = {"shadowed": sdrop + bdrop, "self_names": len(sset),
                              "below_names": len(bset)}
     return Matcher(classes, self_side, below_side, list(sources), stats)
+
+
+# -- patching: a new version of one source, applied to the rules in force ------------------
+#
+# A swap that compiles from scratch holds two full rule sets (the one in force, shared with
+# the workers, and the new one) plus the compile's transient. A patch changes the rule set in
+# force instead: the new version is compared with it name by name (nothing written), then
+# only what differs is written. Names a patch adds are answered from ``overflow``; a name
+# whose winner changes is rewritten where its index entry is; a name with no rule left
+# leaves its set (its index entry stays, unused). Past ``PATCH_MAX_SHARE`` of a side's
+# entries added or removed since the compile, the next change compiles from scratch.
+
+PATCH_MAX_SHARE: Final = 0.125
+# A small rule set may take this many patched names before it is compiled again.
+PATCH_MIN_ROOM: Final = 1024
+
+Entry = tuple[int, int]  # (class, ref)
+
+
+@dataclass(slots=True)
+class _SideDiff:
+    """What a new version of one source changes on one side (computed, not yet written)."""
+
+    side: _Side
+    seen: bytearray  # per index entry: 1 where the source's rule stays (with ``new_ref``)
+    new_ref: array[int]  # per index entry: that rule's ref in the new version
+    over_seen: dict[bytes, Entry]  # the same, for names answered from ``overflow``
+    winners: dict[bytes, Entry | None]  # names whose winner changes (None: no rule left)
+    extra: dict[bytes, tuple[Entry, ...]]  # names whose losers change (empty: none left)
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+
+
+def _best(entries: list[Entry], prio: list[tuple[int, int, int]]) -> int:
+    """Index of the winner: best priority, then the earliest rule (refs follow file order)."""
+    best = 0
+    for i in range(1, len(entries)):
+        c, r = entries[i]
+        bc, br = entries[best]
+        if prio[c] < prio[bc] or (prio[c] == prio[bc] and r < br):
+            best = i
+    return best
+
+
+def _diff_side(side: _Side, rules: RuleSource, table: bytes, cls_of: array[int],
+               is_x: bytearray, prio: list[tuple[int, int, int]]) -> _SideDiff:
+    """Compare the new rules of source X (``is_x`` marks its classes) with one side."""
+    npos = len(side.tags)
+    keys, extra, overflow = side.keys, side.extra, side.overflow
+    only = side.only
+    cls = side.cls
+    seen = bytearray(npos)
+    new_ref = array("I", bytes(4 * npos))
+    over_seen: dict[bytes, Entry] = {}
+    # Names that need their winner worked out again, with X's new rules for them in order.
+    touched: dict[bytes, list[Entry]] = {}
+    mask = rules.flags.translate(table)
+    for k, f, r, m in zip(rules.keys, rules.flags, rules.refs, mask, strict=True):
+        if not m:
+            continue
+        c = cls_of[f]
+        got = touched.get(k)
+        if got is not None:
+            got.append((c, r))
+            continue
+        if k in keys and k not in extra:
+            # The first of X's rules for a name whose winner is X's rule of the same class
+            # stays (it only takes its new ref); a second rule for the name, or another
+            # class, has the name worked out again.
+            o = overflow.get(k)
+            if o is not None:
+                prev = over_seen.pop(k, None)
+                if prev is not None:
+                    touched[k] = [prev, (c, r)]
+                elif o[0] == c:
+                    over_seen[k] = (c, r)
+                else:
+                    touched[k] = [(c, r)]
+                continue
+            pos = side.position(k)
+            if seen[pos]:
+                seen[pos] = 0
+                touched[k] = [(only if only >= 0 else cls[pos], new_ref[pos]), (c, r)]
+                continue
+            if (only if only >= 0 else cls[pos]) == c:
+                seen[pos] = 1
+                new_ref[pos] = r
+                continue
+        touched[k] = [(c, r)]
+    # X's rules in force that the new version does not have.
+    if only < 0 or is_x[only]:
+        for k in keys:
+            if k in touched:
+                continue
+            o = overflow.get(k)
+            if o is not None:
+                if is_x[o[0]] and k not in over_seen:
+                    touched[k] = []
+            else:
+                pos = side.position(k)
+                if is_x[only if only >= 0 else cls[pos]] and not seen[pos]:
+                    touched[k] = []
+    else:
+        for k, o in overflow.items():
+            if k not in touched and is_x[o[0]] and k not in over_seen:
+                touched[k] = []
+    for k, lost in extra.items():
+        if k not in touched:
+            for c, _ in lost:
+                if is_x[c]:
+                    touched[k] = []
+                    break
+    d = _SideDiff(side, seen, new_ref, over_seen, {}, {})
+    for k, mine in touched.items():
+        now = side.find(k) if k in keys else None
+        cands: list[Entry] = []
+        if now is not None and not is_x[now[0]]:
+            cands.append(now)
+        lost = extra.get(k, ())
+        for e in lost:
+            if not is_x[e[0]]:
+                cands.append(e)
+        cands.extend(mine)
+        if not cands:
+            if now is not None:
+                d.winners[k] = None
+                d.removed += 1
+            if lost:
+                d.extra[k] = ()
+            continue
+        b = _best(cands, prio)
+        win = cands[b]
+        rest = tuple(cands[:b] + cands[b + 1:])
+        if win != now:
+            d.winners[k] = win
+            if now is None:
+                d.added += 1
+            else:
+                d.changed += 1
+        if rest != lost:
+            d.extra[k] = rest
+    return d
+
+
+def _apply_side(d: _SideDiff) -> None:
+    """Write a diff into its side. Only the supervisor's copy is written: a worker forked
+    before keeps its own pages."""
+    side = d.side
+    ref = side.ref
+    new_ref = d.new_ref
+    for pos in compress(range(len(d.seen)), d.seen):
+        ref[pos] = new_ref[pos]
+    side.overflow.update(d.over_seen)
+    if side.only >= 0:
+        for w in d.winners.values():
+            if w is not None and w[0] != side.only:  # classes differ now: a column for them
+                side.cls = array(side.cls.typecode, [side.only]) * len(side.tags)
+                side.only = -1
+                break
+    keys, overflow = side.keys, side.overflow
+    for k, w in d.winners.items():
+        if w is None:
+            keys.discard(k)
+            overflow.pop(k, None)
+            side.patched += 1
+        elif k in keys and k not in overflow:
+            pos = side.position(k)
+            if side.only < 0:
+                side.cls[pos] = w[0]
+            ref[pos] = w[1]
+        elif k in keys:
+            overflow[k] = w
+        else:
+            keys.add(k)
+            overflow[k] = w
+            side.patched += 1
+    for k, lost in d.extra.items():
+        if lost:
+            side.extra[k] = lost
+        else:
+            side.extra.pop(k, None)
+
+
+class Patch:
+    """A new version of source ``index`` compared with a matcher; ``apply`` writes it."""
+
+    def __init__(self, matcher: Matcher, index: int, info: SourceInfo, classes: list[RuleClass],
+                 diffs: tuple[_SideDiff, _SideDiff]) -> None:
+        self.matcher = matcher
+        self.index = index
+        self.info = info
+        self.classes = classes
+        self.diffs = diffs
+        self.added = sum(d.added for d in diffs)
+        self.removed = sum(d.removed for d in diffs)
+        self.changed = sum(d.changed for d in diffs)
+
+    def apply(self) -> Matcher:
+        """Write the changes into the matcher's sides and return the matcher over them.
+
+        The old ``Matcher`` object must not be used afterwards (its classes are stale)."""
+        for d in self.diffs:
+            _apply_side(d)
+        old = self.matcher
+        sources = list(old.sources)
+        sources[self.index] = self.info
+        sside, bside = old._self, old._below
+        stats = dict(old.stats)
+        stats.update({
+            "shadowed": sum(map(len, sside.extra.values())) + sum(map(len, bside.extra.values())),
+            "self_names": len(sside.keys), "below_names": len(bside.keys),
+            "patches": int(old.stats.get("patches", 0)) + 1,
+        })
+        return Matcher(self.classes, sside, bside, sources, stats)
+
+
+def patch_source(matcher: Matcher, index: int, info: SourceInfo) -> Patch | str:
+    """The changes that make ``matcher`` enforce ``info`` as its source ``index``, or why a
+    compile from scratch is needed instead. Reads the matcher; writes nothing."""
+    if not 0 <= index < len(matcher.sources):
+        return "the source is not in the rule set in force"
+    old = matcher.sources[index]
+    rules = info.rules
+    if rules is None:
+        return "no rules"
+    if (old.name, old.fmt, old.category, old.action, old.ede) != (
+            info.name, info.fmt, info.category, info.action, info.ede):
+        return "the source's settings changed"
+    refs = rules.refs
+    if any(map(gt, refs, islice(refs, 1, None))):
+        return "the rules are not in file order"
+    classes = list(matcher.classes)
+    mine: dict[int, int] = {}
+    for i, c in enumerate(classes):
+        if c.source_index == index:
+            classes[i] = RuleClass(info, index, c.kind, c.allow, c.action, i, c.flags)
+            mine[c.flags] = i
+    for f in sorted(set(rules.flags)):
+        if f not in mine:
+            act = f >> ACTION_SHIFT
+            mine[f] = len(classes)
+            classes.append(RuleClass(info, index, Kind(f & KIND_MASK), bool(f & ALLOW),
+                                     Action(act) if act else info.action, len(classes), f))
+    sside, bside = matcher._self, matcher._below
+    if sside.cls.typecode == "B" and len(classes) > 255:
+        return "more rule classes than the index holds"
+    is_x = bytearray(len(classes))
+    for i in mine.values():
+        is_x[i] = 1
+    prio = [c.priority for c in classes]
+    cls_of = array(sside.cls.typecode, [mine.get(f, 0) for f in range(256)])
+    diffs = (_diff_side(sside, rules, _SELF_TABLE, cls_of, is_x, prio),
+             _diff_side(bside, rules, _BELOW_TABLE, cls_of, is_x, prio))
+    for d in diffs:
+        room = max(PATCH_MAX_SHARE * len(d.side.tags), PATCH_MIN_ROOM)
+        if d.side.patched + d.added + d.removed > room:
+            return (f"{d.side.patched + d.added + d.removed} names added or removed since the "
+                    f"compile, over {room:.0f}")
+    return Patch(matcher, index, info, classes, diffs)
