@@ -404,6 +404,47 @@ def test_path_source_is_reread_when_it_changes(tmp_path: Path, knot: Knot) -> No
         check_stopped(bg)
 
 
+def test_a_changed_list_is_patched_into_the_rules_in_force(tmp_path: Path, knot: Knot) -> None:
+    """A new version of the one source that changed is written into the rules in force (no
+    second rule set): added, removed and moved records answer from the new version, EDE
+    naming its record ids; a config change on SIGHUP compiles from scratch."""
+    server = FeedServer().start()
+    registry = Registry(server)
+    filler = names("p", 50)
+    registry.publish(zipped({"dump.xml": dump_xml(["www.example.test", "mail.example.test", *filler])}))
+    bg = start_blockgate(tmp_path, [knot.upstream], sources=[registry.source(refresh="0.2s")], workers=2)
+    try:
+        first = dig(bg.addr, "www.example.test", "A")
+        assert first.status == "NXDOMAIN" and "record 1700000" in first.ede[0].text, first
+        assert rcode(bg, "mail.example.test") == "NXDOMAIN"
+        generation = status(bg)["generation"]
+        # a name comes in at the top, www moves to the end (every record id changes), mail goes
+        registry.publish(zipped({"dump.xml": dump_xml(["new.example.test", *filler, "www.example.test"],
+                                                      ids=1_800_000)}))
+        assert wait_for(lambda: status(bg)["generation"] > generation, 10), bg.log_text()
+        added = dig(bg.addr, "new.example.test", "A")
+        assert added.status == "NXDOMAIN" and "record 1800000" in added.ede[0].text, added
+        moved = dig(bg.addr, "www.example.test", "A")
+        assert moved.status == "NXDOMAIN" and f"record {1_800_001 + len(filler)}" in moved.ede[0].text, moved
+        assert rcode(bg, "mail.example.test") == "NOERROR"
+        assert "record 1800001" in dig(bg.addr, filler[0], "A").ede[0].text
+        assert "source registry: patched into the rules in force: 1 name added, 1 removed" in bg.log_text()
+        doc = status(bg)
+        assert doc["last_swap"]["how"] == "patched" and doc["names"] == len(filler) + 2
+        # a changed setting of the source: compiled from scratch
+        generation = doc["generation"]
+        cfg = yaml.safe_load(bg.config.read_text())
+        cfg["sources"][0]["action"] = "refused"
+        bg.config.write_text(yaml.safe_dump(cfg))
+        os.kill(bg.proc.pid, signal.SIGHUP)
+        assert wait_for(lambda: status(bg)["generation"] > generation, 10), bg.log_text()
+        assert wait_for(lambda: rcode(bg, "www.example.test") == "REFUSED", 5)
+        assert status(bg)["last_swap"]["how"] == "compiled"
+    finally:
+        check_stopped(bg)
+        server.stop()
+
+
 # -- swaps under load -----------------------------------------------------------------------------
 
 

@@ -40,7 +40,8 @@ def format_status(doc: Mapping[str, Any]) -> list[str]:
              f"{', '.join(doc.get('listen', []))}"]
     if swap.get("at"):
         ready = swap.get("ready_seconds")
-        lines.append(f"last swap {when(swap['at'], now)}: compiled in {swap.get('compile_seconds', 0):.2f} s"
+        lines.append(f"last swap {when(swap['at'], now)}: {swap.get('how') or 'compiled'} in "
+                     f"{swap.get('compile_seconds', 0):.2f} s"
                      + (f", new workers ready in {ready:.2f} s" if ready is not None else ""))
     reloads = doc.get("reloads", {})
     if reloads.get("ok") or reloads.get("refused"):

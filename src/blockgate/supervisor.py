@@ -43,8 +43,8 @@ from blockgate.adapters.fetch import Store
 from blockgate.adapters.metrics import MetricsServer, make_registry, start_metrics
 from blockgate.adapters.privileges import SNI_CAPABILITIES, PrivilegeError, drop_privileges
 from blockgate.adapters.systemd import Notifier, watchdog_interval
-from blockgate.config import Config, load, parse_addr
-from blockgate.engine import RuleSet
+from blockgate.config import Config, SourceConfig, load, parse_addr
+from blockgate.engine import LoadedSource, RuleSet
 from blockgate.errors import ConfigError
 from blockgate.feeds import SourceState
 from blockgate.sources import Sources, background, compile_stored, malloc_trim
@@ -85,6 +85,7 @@ class Swap:
     generation: int = 0
     at: float | None = None  # wall clock of the last swap
     compile_seconds: float = 0.0
+    how: str = "compiled"  # or "patched": one source's changes written into the rules in force
     ready_seconds: float | None = None  # fork to every new worker reading
     forked: float = 0.0
 
@@ -110,6 +111,9 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}
         self.retired = Stats()
         self.lock = threading.Lock()  # what totals() and source_states() read
+        # Held while a patch writes the rule set in force, and around each fork: a worker
+        # never starts from a half-written one.
+        self.fork_lock = threading.Lock()
         self.done: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.stopping = False
         self.exit_code = 0
@@ -376,7 +380,9 @@ class Supervisor:
             background()  # off the serving path, also for the CPU
             t0 = time.perf_counter()
             try:
-                ruleset: RuleSet | None = compile_stored(sources, stored, fresh)
+                ruleset: RuleSet | None = self._patch(sources, fresh)
+                if ruleset is None:
+                    ruleset = compile_stored(sources, stored, fresh)
             except Exception:  # a bug: the rules in force stay
                 log.exception("compiling the new rule set failed; the rules in force stay")
                 ruleset = None
@@ -384,10 +390,53 @@ class Supervisor:
 
         threading.Thread(target=run, name="compile", daemon=True).start()
 
+    def _patch(self, sources: tuple[SourceConfig, ...], fresh: dict[str, Any]) -> RuleSet | None:
+        """The rule set in force with the one source that changed patched in (in place: it
+        is this process's copy; workers have their own), or None: compile from scratch.
+
+        A patch holds one rule set and the differences, where a compile holds two rule sets
+        and the compile's transient (docs/performance.md, "Swaps that hold one rule set").
+        """
+        current = self.ruleset
+        if current is None or len(fresh) != 1:
+            return None
+        if tuple(ls.config for ls in current.loaded) != tuple(sources):
+            return None
+        ((name, parsed),) = fresh.items()
+        config = next((s for s in sources if s.name == name), None)
+        if config is None or parsed is None:
+            return None
+        t0 = time.perf_counter()
+        new = LoadedSource(config, parsed)
+        patch = current.patch(new)
+        if isinstance(patch, str):
+            log.info("source %s: compiling the rule set from scratch: %s", name, patch)
+            return None
+        with self.fork_lock:
+            try:
+                ruleset = current.patched(new, patch)
+            except BaseException:
+                self.ruleset = None  # half written: no worker may start from it
+                raise
+            self.ruleset = ruleset
+        new.seconds = time.perf_counter() - t0
+        log.info("source %s: patched into the rules in force: %s added, %s removed, %s changed "
+                 "in %.2f s", name, _count(patch.added, "name"), patch.removed, patch.changed,
+                 new.seconds)
+        return ruleset
+
     def _built(self, ruleset: RuleSet | None, seconds: float) -> None:
         if ruleset is None or self.stopping:
             self.building = False
+            if ruleset is None and self.ruleset is None and not self.stopping:
+                log.error("no rule set to start workers from: compiling from scratch")
+                self.build_wanted = True
             return
+        if ruleset is self.ruleset:  # patched in place: nothing to drop
+            self.swap.how = "patched"
+            self._released(ruleset, seconds)
+            return
+        self.swap.how = "compiled"
         # Drop the rules in force before forking: a process forked while this one still
         # holds them would keep their pages alive for its whole life. Freeing ~100 MB of
         # objects takes a while (every page is touched, and first copied, as it is shared
@@ -421,8 +470,9 @@ class Supervisor:
                 log.error("source %s: the stored copy does not load: %s", ls.config.name, ls.error)
         self.swap.compile_seconds = seconds
         self.in_force = (ruleset.rules, ruleset.matcher.names)
-        log.info("%s on %s from %s, compiled in %.2f s", _count(ruleset.rules, "rule"),
-                 _count(ruleset.matcher.names, "name"), _count(len(ruleset.loaded), "source"), seconds)
+        log.info("%s on %s from %s, %s in %.2f s", _count(ruleset.rules, "rule"),
+                 _count(ruleset.matcher.names, "name"), _count(len(ruleset.loaded), "source"),
+                 self.swap.how, seconds)
 
     def _fork_generation(self) -> None:
         gc.freeze()  # the rules stay in pages shared with the workers
@@ -446,11 +496,14 @@ class Supervisor:
                     _kill(old.pid, signal.SIGTERM)
 
     def _spawn(self, slot: Slot) -> None:
-        if self.ruleset is None:
-            return
-        ruleset = self.ruleset
         parent, child = Channel.pair()
-        pid = os.fork()
+        with self.fork_lock:
+            ruleset = self.ruleset
+            if ruleset is None:
+                parent.close()
+                child.close()
+                return
+            pid = os.fork()
         if pid == 0:
             code = 1
             try:
