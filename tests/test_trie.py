@@ -197,3 +197,19 @@ def test_names_with_hundreds_of_labels(top: bool) -> None:
             assert key.count(b".") >= dots
             want, got = naive_match(flat, key), m.match(key)
             assert (got.key if got else None) == (want[0] if want else None), (dots, tail)
+
+
+def test_the_earliest_line_wins_even_when_the_parser_takes_it_later() -> None:
+    """The domains parser takes unusual lines (``.x``) before the block's plain and ``*.``
+    lines; at one name and equal priority the rule on the earlier line must still win."""
+    import io
+
+    from blockgate.lists import domains
+    from blockgate.lists.base import Input
+
+    text = b"*.x.com\n.x.com\n.y.com\n*.y.com\n"
+    parsed = domains.parse([Input("l.txt", io.BytesIO(text))])
+    m = compile_rules([SourceInfo("s", rules=parsed)])
+    wx, wy = m.match(b"a.x.com"), m.match(b"a.y.com")
+    assert wx is not None and (wx.kind, wx.origin) == (Kind.WILDCARD, "l.txt:1")
+    assert wy is not None and (wy.kind, wy.origin) == (Kind.SUBTREE, "l.txt:3")

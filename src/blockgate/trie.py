@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import accumulate, compress, count, islice, repeat
-from operator import and_, gt, itemgetter, ne, sub
+from operator import and_, itemgetter, ne, sub
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from blockgate.policy import Action
@@ -499,11 +499,19 @@ class _SideInput:
                 add(k)
         if not multi:
             return keyset, 0, {}
+        # The earliest rule is the one with the lowest ref (refs follow the files: line
+        # numbers, or record indices), not the first in the columns: a parser may take a
+        # file's lines in more than one pass. A patch breaks ties the same way.
         best: dict[bytes, int] = {}
+        ref = self.ref
         for i, k in enumerate(self.keys):
             if k in multi:
                 j = best.get(k)
-                if j is None or classes[self.cls[i]].priority < classes[self.cls[j]].priority:
+                if j is None:
+                    best[k] = i
+                    continue
+                pi, pj = classes[self.cls[i]].priority, classes[self.cls[j]].priority
+                if pi < pj or (pi == pj and ref[i] < ref[j]):
                     best[k] = i
         keep = bytearray(b"\x01") * n
         losers: dict[bytes, list[tuple[int, int]]] = {}
@@ -585,7 +593,7 @@ class _SideDiff:
 
 
 def _best(entries: list[Entry], prio: list[tuple[int, int, int]]) -> int:
-    """Index of the winner: best priority, then the earliest rule (refs follow file order)."""
+    """Index of the winner: best priority, then the lowest ref (as ``_SideInput.dedupe``)."""
     best = 0
     for i in range(1, len(entries)):
         c, r = entries[i]
@@ -779,9 +787,6 @@ def patch_source(matcher: Matcher, index: int, info: SourceInfo) -> Patch | str:
     if (old.name, old.fmt, old.category, old.action, old.ede) != (
             info.name, info.fmt, info.category, info.action, info.ede):
         return "the source's settings changed"
-    refs = rules.refs
-    if any(map(gt, refs, islice(refs, 1, None))):
-        return "the rules are not in file order"
     classes = list(matcher.classes)
     mine: dict[int, int] = {}
     for i, c in enumerate(classes):
