@@ -12,11 +12,10 @@ from array import array
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_trie import FakeRules
 
 from blockgate.policy import Action
 from blockgate.trie import PATCH_MIN_ROOM, Kind, Matcher, Patch, SourceInfo, compile_rules, patch_source
-
-from test_trie import FakeRules
 
 E, S, W = Kind.EXACT, Kind.SUBTREE, Kind.WILDCARD
 # (name, kind, allow, action override)

@@ -20,7 +20,7 @@ from blockgate.errors import DomainError
 from blockgate.lists.base import ParsedList
 from blockgate.sniengine import Decision, Event, SniEngine, make_sni_settings
 from blockgate.sniengine import Settings as SniSettings
-from blockgate.trie import Matcher, Patch, Rule, SourceInfo, compile_rules, patch_source
+from blockgate.trie import Differ, Matcher, Patch, Rule, SourceInfo, compile_rules, patch_source
 from blockgate.verdict import Verdict, verdict_of
 
 
@@ -55,6 +55,8 @@ class RuleSet:
         for ls in self.loaded:
             if ls.parsed is None:
                 continue
+            if ls.parsed.streamed:
+                raise ValueError(f"source {ls.config.name}: a streamed parse cannot be compiled")
             ls.kinds = ls.parsed.kind_counts()
             c = ls.config
             infos.append(SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), ls.parsed))
@@ -68,18 +70,41 @@ class RuleSet:
     def rules(self) -> int:
         return sum(ls.rules for ls in self.loaded)
 
+    def _index(self, config: SourceConfig) -> int | str:
+        """The source's position among the matcher's sources, or why it cannot be patched."""
+        infos = [ls for ls in self.loaded if ls.parsed is not None]
+        index = next((i for i, ls in enumerate(infos) if ls.config.name == config.name), -1)
+        if index < 0:
+            return "the source has no list in the rule set in force"
+        if infos[index].config != config:
+            return "the source's settings changed"
+        return index
+
+    def differ(self, config: SourceConfig) -> Differ | None:
+        """A sink for a streaming parse of a new version of ``config``'s source, or None."""
+        index = self._index(config)
+        if isinstance(index, str):
+            return None
+        c = config
+        return Differ(self.matcher, index, c.name, c.format, c.category, c.action, int(c.ede))
+
     def patch(self, new: LoadedSource) -> Patch | str:
         """What changes if ``new`` (a new version of one source, same settings) replaces its
-        copy here; or why that takes a compile from scratch. Writes nothing."""
-        infos = [ls for ls in self.loaded if ls.parsed is not None]
-        index = next((i for i, ls in enumerate(infos) if ls.config.name == new.config.name), -1)
-        if index < 0 or new.parsed is None:
-            return "the source has no list in the rule set in force"
-        if infos[index].config != new.config:
-            return "the source's settings changed"
+        copy here; or why that takes a compile from scratch. Writes nothing. A streamed
+        parse was compared while it was read, by the Differ it went to."""
+        index = self._index(new.config)
+        if isinstance(index, str):
+            return index
+        if new.parsed is None:
+            return "the source has no list"
         c = new.config
-        return patch_source(self.matcher, index,
-                            SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), new.parsed))
+        info = SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), new.parsed)
+        sink = new.parsed.sink
+        if sink is None:
+            return patch_source(self.matcher, index, info)
+        if not isinstance(sink, Differ) or sink.matcher is not self.matcher or sink.index != index:
+            return "the list was compared with a rule set no longer in force"
+        return sink.finish(info)
 
     def patched(self, new: LoadedSource, patch: Patch) -> RuleSet:
         """Write ``patch`` (from ``self.patch(new)``) and return the rule set it makes.

@@ -24,7 +24,7 @@ from blockgate.config import Config, SourceConfig
 from blockgate.engine import LoadedSource, RuleSet
 from blockgate.errors import ListFormatError
 from blockgate.feeds import NOT_MODIFIED, Feed, InForce, SourceState
-from blockgate.lists.base import ParsedList
+from blockgate.lists.base import ParsedList, RuleSink
 from blockgate.status import age
 
 log = logging.getLogger("blockgate")
@@ -51,10 +51,14 @@ def in_force(copy: Stored | None) -> InForce | None:
 
 
 class Sources:
-    def __init__(self, config: Config, store: Store, wake: Callable[..., None]) -> None:
+    def __init__(self, config: Config, store: Store, wake: Callable[..., None],
+                 sink_for: Callable[[SourceConfig], RuleSink | None] | None = None) -> None:
         self.config = config
         self.store = store
         self.wake = wake
+        # Where a fetch's parse hands its rules (a Differ against the rules in force), or
+        # None: the parse keeps them.
+        self.sink_for = sink_for
         self.lock = threading.Lock()  # feeds, as read by other threads (status, metrics)
         self.feeds: dict[str, Feed] = {}
         self.stored: dict[str, Stored | None] = {}
@@ -151,11 +155,12 @@ class Sources:
             return
         self.in_flight.add(name)
         last, fp, tag = self.stored.get(name), self.fingerprints.get(name, ()), self.tag
+        sink = self.sink_for(src) if self.sink_for is not None else None
 
         def run() -> None:
             background()
             try:
-                out = update(src, self.store, last, fp)
+                out = update(src, self.store, last, fp, sink)
             except Exception as exc:  # a bug: counted as a failed try, logged, retried
                 log.exception("source %s: fetch failed", name)
                 out = Outcome("internal-error", repr(exc))
@@ -214,12 +219,13 @@ class Sources:
 
 def compile_stored(sources: tuple[SourceConfig, ...], stored: dict[str, Stored | None],
                    fresh: dict[str, Any]) -> RuleSet:
-    """A RuleSet from the copies in force (``fresh``: sources already parsed, by name)."""
+    """A RuleSet from the copies in force (``fresh``: sources already parsed, by name; a
+    streamed parse kept no rules, so its stored copy is parsed again)."""
     loaded = []
     for src in sources:
         ls = LoadedSource(src)
         t0 = time.perf_counter()
-        if src.name in fresh:
+        if src.name in fresh and not fresh[src.name].streamed:
             ls.parsed = fresh[src.name]
         elif (copy := stored.get(src.name)) is not None:
             try:

@@ -47,6 +47,7 @@ from blockgate.config import Config, SourceConfig, load, parse_addr
 from blockgate.engine import LoadedSource, RuleSet
 from blockgate.errors import ConfigError
 from blockgate.feeds import SourceState
+from blockgate.lists.base import RuleSink
 from blockgate.sources import Sources, background, compile_stored, malloc_trim
 from blockgate.stats import SourceMetrics, Stats
 from blockgate.workers import Slot, Worker, open_slots, serve_slot, sni_slots
@@ -104,7 +105,8 @@ class Supervisor:
         self.listen = list(config.dns["listen"])
         self.nworkers = int(config.dns["workers"]) or os.cpu_count() or 1
         self.state_dir = config.state_dir
-        self.sources = Sources(config, Store(os.path.join(self.state_dir, "sources")), self._wake)
+        self.sources = Sources(config, Store(os.path.join(self.state_dir, "sources")), self._wake,
+                               self._sink_for)
         self.ruleset: RuleSet | None = None
         self.generation = 0
         self.slots: list[Slot] = []
@@ -390,6 +392,13 @@ class Supervisor:
 
         threading.Thread(target=run, name="compile", daemon=True).start()
 
+    def _sink_for(self, src: SourceConfig) -> RuleSink | None:
+        """Where a fetch of ``src`` hands its rules as it parses them: a Differ against the
+        rules in force, so the new version is compared while it is read and never held
+        whole. None before the first rule set (the parse keeps its rules)."""
+        current = self.ruleset
+        return current.differ(src) if current is not None else None
+
     def _patch(self, sources: tuple[SourceConfig, ...], fresh: dict[str, Any]) -> RuleSet | None:
         """The rule set in force with the one source that changed patched in (in place: it
         is this process's copy; workers have their own), or None: compile from scratch.
@@ -410,7 +419,8 @@ class Supervisor:
         new = LoadedSource(config, parsed)
         patch = current.patch(new)
         if isinstance(patch, str):
-            log.info("source %s: compiling the rule set from scratch: %s", name, patch)
+            log.info("source %s: compiling the rule set from scratch: %s%s", name, patch,
+                     " (its stored copy is parsed again)" if parsed.streamed else "")
             return None
         with self.fork_lock:
             try:
@@ -421,8 +431,8 @@ class Supervisor:
             self.ruleset = ruleset
         new.seconds = time.perf_counter() - t0
         log.info("source %s: patched into the rules in force: %s added, %s removed, %s changed "
-                 "in %.2f s", name, _count(patch.added, "name"), patch.removed, patch.changed,
-                 new.seconds)
+                 "in %.2f s%s", name, _count(patch.added, "name"), patch.removed, patch.changed,
+                 new.seconds, " (compared with them while it was parsed)" if parsed.streamed else "")
         return ruleset
 
     def _built(self, ruleset: RuleSet | None, seconds: float) -> None:

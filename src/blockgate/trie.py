@@ -70,6 +70,9 @@ _HASH_MASK: Final = (1 << _HASH_BITS) - 1
 _PER_BUCKET: Final = 8
 
 
+Entry = tuple[int, int]  # (class, ref) of one rule in an index
+
+
 class RuleSource(Protocol):
     """What the matcher needs from a parsed source (``lists.base.ParsedList`` is one)."""
 
@@ -478,7 +481,7 @@ class _SideInput:
         self.cls.extend(compress(classes, mask))
         self.ref.extend(compress(rules.refs, mask))
 
-    def dedupe(self, classes: list[RuleClass]) -> tuple[set[bytes], int, dict[bytes, tuple[tuple[int, int], ...]]]:
+    def dedupe(self, classes: list[RuleClass]) -> tuple[set[bytes], int, dict[bytes, tuple[Entry, ...]]]:
         """Keep one rule per name: the best priority, then the earliest.
 
         Returns the set of names (kept by the side), the number of rules dropped, and the
@@ -574,9 +577,6 @@ PATCH_MAX_SHARE: Final = 0.125
 # A small rule set may take this many patched names before it is compiled again.
 PATCH_MIN_ROOM: Final = 1024
 
-Entry = tuple[int, int]  # (class, ref)
-
-
 @dataclass(slots=True)
 class _SideDiff:
     """What a new version of one source changes on one side (computed, not yet written)."""
@@ -584,12 +584,19 @@ class _SideDiff:
     side: _Side
     seen: bytearray  # per index entry: 1 where the source's rule stays (with ``new_ref``)
     new_ref: array[int]  # per index entry: that rule's ref in the new version
-    over_seen: dict[bytes, Entry]  # the same, for names answered from ``overflow``
-    winners: dict[bytes, Entry | None]  # names whose winner changes (None: no rule left)
-    extra: dict[bytes, tuple[Entry, ...]]  # names whose losers change (empty: none left)
+    over_seen: dict[bytes, Entry] = field(default_factory=dict)  # the same, for ``overflow``
+    # Names that need their winner worked out again, with X's new rules for them in order.
+    touched: dict[bytes, list[Entry]] = field(default_factory=dict)
+    winners: dict[bytes, Entry | None] = field(default_factory=dict)  # None: no rule left
+    extra: dict[bytes, tuple[Entry, ...]] = field(default_factory=dict)  # empty: none left
     added: int = 0
     removed: int = 0
     changed: int = 0
+
+    @classmethod
+    def of(cls, side: _Side) -> _SideDiff:
+        npos = len(side.tags)
+        return cls(side, bytearray(npos), array("I", bytes(4 * npos)))
 
 
 def _best(entries: list[Entry], prio: list[tuple[int, int, int]]) -> int:
@@ -603,20 +610,16 @@ def _best(entries: list[Entry], prio: list[tuple[int, int, int]]) -> int:
     return best
 
 
-def _diff_side(side: _Side, rules: RuleSource, table: bytes, cls_of: array[int],
-               is_x: bytearray, prio: list[tuple[int, int, int]]) -> _SideDiff:
-    """Compare the new rules of source X (``is_x`` marks its classes) with one side."""
-    npos = len(side.tags)
+def _feed_side(d: _SideDiff, keys_: list[bytes], flags: bytearray, refs: array[int],
+               table: bytes, cls_of: array[int]) -> None:
+    """Compare a chunk of X's new rules (those on this side) with the side."""
+    side = d.side
     keys, extra, overflow = side.keys, side.extra, side.overflow
     only = side.only
     cls = side.cls
-    seen = bytearray(npos)
-    new_ref = array("I", bytes(4 * npos))
-    over_seen: dict[bytes, Entry] = {}
-    # Names that need their winner worked out again, with X's new rules for them in order.
-    touched: dict[bytes, list[Entry]] = {}
-    mask = rules.flags.translate(table)
-    for k, f, r, m in zip(rules.keys, rules.flags, rules.refs, mask, strict=True):
+    seen, new_ref, over_seen, touched = d.seen, d.new_ref, d.over_seen, d.touched
+    mask = flags.translate(table)
+    for k, f, r, m in zip(keys_, flags, refs, mask, strict=True):
         if not m:
             continue
         c = cls_of[f]
@@ -648,7 +651,13 @@ def _diff_side(side: _Side, rules: RuleSource, table: bytes, cls_of: array[int],
                 new_ref[pos] = r
                 continue
         touched[k] = [(c, r)]
-    # X's rules in force that the new version does not have.
+
+
+def _finish_side(d: _SideDiff, is_x: bytearray, prio: list[tuple[int, int, int]]) -> None:
+    """X's rules in force that the new version lacks, then every touched name's winner."""
+    side = d.side
+    keys, extra, overflow = side.keys, side.extra, side.overflow
+    only, cls, seen, over_seen, touched = side.only, side.cls, d.seen, d.over_seen, d.touched
     if only < 0 or is_x[only]:
         for k in keys:
             if k in touched:
@@ -671,7 +680,6 @@ def _diff_side(side: _Side, rules: RuleSource, table: bytes, cls_of: array[int],
                 if is_x[c]:
                     touched[k] = []
                     break
-    d = _SideDiff(side, seen, new_ref, over_seen, {}, {})
     for k, mine in touched.items():
         now = side.find(k) if k in keys else None
         cands: list[Entry] = []
@@ -700,11 +708,11 @@ def _diff_side(side: _Side, rules: RuleSource, table: bytes, cls_of: array[int],
                 d.changed += 1
         if rest != lost:
             d.extra[k] = rest
-    return d
+    d.touched = {}
 
 
 def _apply_side(d: _SideDiff) -> None:
-    """Write a diff into its side. Only the supervisor's copy is written: a worker forked
+    """Write a diff into its side. Only this process's copy is written: a worker forked
     before keeps its own pages."""
     side = d.side
     ref = side.ref
@@ -775,43 +783,91 @@ class Patch:
         return Matcher(self.classes, sside, bside, sources, stats)
 
 
+class Differ:
+    """Compares a new version of source ``index`` with ``matcher``, chunk by chunk as it is
+    parsed (``feed``: a ``lists.base.RuleSink``), so that the new version's rules need not
+    be kept; ``finish`` gives the Patch. Reads the matcher; writes nothing.
+
+    ``refusal`` says why a compile from scratch is needed instead (then ``feed`` does nothing).
+    """
+
+    def __init__(self, matcher: Matcher, index: int, name: str, fmt: str, category: str | None,
+                 action: Action | None, ede: int | None) -> None:
+        self.matcher = matcher
+        self.index = index
+        self.refusal: str | None = None
+        self.settings = (name, fmt, category, action, ede)
+        self.classes = list(matcher.classes)
+        self.mine: dict[int, int] = {}  # flag byte -> class id of X
+        self.diffs = (_SideDiff.of(matcher._self), _SideDiff.of(matcher._below))
+        self.code = matcher._self.cls.typecode
+        self.cls_of = array(self.code, bytes(256 * array(self.code).itemsize))
+        self.rules = 0
+        if not 0 <= index < len(matcher.sources):
+            self.refusal = "the source is not in the rule set in force"
+            return
+        old = matcher.sources[index]
+        if (old.name, old.fmt, old.category, old.action, old.ede) != self.settings:
+            self.refusal = "the source's settings changed"
+            return
+        for c in self.classes:
+            if c.source_index == index:
+                self.mine[c.flags] = c.index
+                self.cls_of[c.flags] = c.index
+
+    def _new_class(self, f: int) -> None:
+        i = len(self.classes)
+        act = f >> ACTION_SHIFT
+        # a placeholder source until ``finish`` knows the new version's SourceInfo
+        self.classes.append(RuleClass(self.matcher.sources[self.index], self.index, Kind(f & KIND_MASK),
+                                      bool(f & ALLOW), Action(act) if act else self.settings[3], i, f))
+        self.mine[f] = i
+        if i < 256 or self.code == "H":
+            self.cls_of[f] = i
+
+    def feed(self, keys: list[bytes], flags: bytearray, refs: array[int]) -> None:
+        if self.refusal is not None:
+            return
+        self.rules += len(keys)
+        for f in set(flags):
+            if f not in self.mine:
+                self._new_class(f)
+        if self.code == "B" and len(self.classes) > 255:
+            self.refusal = "more rule classes than the index holds"
+            return
+        s, b = self.diffs
+        _feed_side(s, keys, flags, refs, _SELF_TABLE, self.cls_of)
+        _feed_side(b, keys, flags, refs, _BELOW_TABLE, self.cls_of)
+
+    def finish(self, info: SourceInfo) -> Patch | str:
+        """The Patch that makes the matcher enforce ``info`` (the version fed, with its
+        origins), or why a compile from scratch is needed."""
+        if self.refusal is not None:
+            return self.refusal
+        if (info.name, info.fmt, info.category, info.action, info.ede) != self.settings:
+            return "the source's settings changed"
+        index = self.index
+        classes = [RuleClass(info, index, c.kind, c.allow, c.action, c.index, c.flags)
+                   if c.source_index == index else c for c in self.classes]
+        is_x = bytearray(len(classes))
+        for i in self.mine.values():
+            is_x[i] = 1
+        prio = [c.priority for c in classes]
+        for d in self.diffs:
+            _finish_side(d, is_x, prio)
+            room = max(PATCH_MAX_SHARE * len(d.side.tags), PATCH_MIN_ROOM)
+            if d.side.patched + d.added + d.removed > room:
+                return (f"{d.side.patched + d.added + d.removed} names added or removed since the "
+                        f"compile, over {room:.0f}")
+        return Patch(self.matcher, index, info, classes, self.diffs)
+
+
 def patch_source(matcher: Matcher, index: int, info: SourceInfo) -> Patch | str:
     """The changes that make ``matcher`` enforce ``info`` as its source ``index``, or why a
     compile from scratch is needed instead. Reads the matcher; writes nothing."""
-    if not 0 <= index < len(matcher.sources):
-        return "the source is not in the rule set in force"
-    old = matcher.sources[index]
     rules = info.rules
     if rules is None:
         return "no rules"
-    if (old.name, old.fmt, old.category, old.action, old.ede) != (
-            info.name, info.fmt, info.category, info.action, info.ede):
-        return "the source's settings changed"
-    classes = list(matcher.classes)
-    mine: dict[int, int] = {}
-    for i, c in enumerate(classes):
-        if c.source_index == index:
-            classes[i] = RuleClass(info, index, c.kind, c.allow, c.action, i, c.flags)
-            mine[c.flags] = i
-    for f in sorted(set(rules.flags)):
-        if f not in mine:
-            act = f >> ACTION_SHIFT
-            mine[f] = len(classes)
-            classes.append(RuleClass(info, index, Kind(f & KIND_MASK), bool(f & ALLOW),
-                                     Action(act) if act else info.action, len(classes), f))
-    sside, bside = matcher._self, matcher._below
-    if sside.cls.typecode == "B" and len(classes) > 255:
-        return "more rule classes than the index holds"
-    is_x = bytearray(len(classes))
-    for i in mine.values():
-        is_x[i] = 1
-    prio = [c.priority for c in classes]
-    cls_of = array(sside.cls.typecode, [mine.get(f, 0) for f in range(256)])
-    diffs = (_diff_side(sside, rules, _SELF_TABLE, cls_of, is_x, prio),
-             _diff_side(bside, rules, _BELOW_TABLE, cls_of, is_x, prio))
-    for d in diffs:
-        room = max(PATCH_MAX_SHARE * len(d.side.tags), PATCH_MIN_ROOM)
-        if d.side.patched + d.added + d.removed > room:
-            return (f"{d.side.patched + d.added + d.removed} names added or removed since the "
-                    f"compile, over {room:.0f}")
-    return Patch(matcher, index, info, classes, diffs)
+    differ = Differ(matcher, index, info.name, info.fmt, info.category, info.action, info.ede)
+    differ.feed(rules.keys, rules.flags, rules.refs)
+    return differ.finish(info)

@@ -37,7 +37,7 @@ from blockgate.config import Config, SourceConfig
 from blockgate.engine import LoadedSource
 from blockgate.errors import FeedFormatError, FetchError, ListFormatError
 from blockgate.feeds import ACCEPTED, NOT_MODIFIED, Candidate, Limits, Validators
-from blockgate.lists.base import Input, ParsedList
+from blockgate.lists.base import Input, ParsedList, RuleSink, streaming
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # Time allowed to open the TCP connection (and finish TLS), within the source's total
@@ -107,10 +107,14 @@ def open_members(fmt: str, members: Sequence[tuple[str, str]], max_bytes: int) -
         yield feeds.open_inputs(fmt, raw, max_bytes)
 
 
-def parse_members(src: SourceConfig, members: Sequence[tuple[str, str]]) -> ParsedList:
-    """raises only ListFormatError."""
-    with PARSE_LOCK, open_members(src.format, members, src.max_bytes) as inputs:
-        return lists.parse(src.format, inputs, src.options)
+def parse_members(src: SourceConfig, members: Sequence[tuple[str, str]],
+                  sink: RuleSink | None = None) -> ParsedList:
+    """raises only ListFormatError. With ``sink``, the rules go there as they are read and
+    the list keeps only their counts and origins (``ParsedList.streamed``)."""
+    with PARSE_LOCK, open_members(src.format, members, src.max_bytes) as inputs, streaming(sink):
+        parsed = lists.parse(src.format, inputs, src.options)
+        parsed.finish()
+        return parsed
 
 
 def rss_bytes() -> int:
@@ -356,16 +360,17 @@ class Outcome:
 
 
 def update(src: SourceConfig, store: Store, last: Stored | None,
-           last_fingerprint: tuple[tuple[str, int, int], ...] = ()) -> Outcome:
+           last_fingerprint: tuple[tuple[str, int, int], ...] = (),
+           sink: RuleSink | None = None) -> Outcome:
     """Fetch ``src`` once; parse, judge and commit the body, or say why not. raises nothing
-    but bugs (every expected failure is an Outcome)."""
+    but bugs (every expected failure is an Outcome). ``sink``: see ``parse_members``."""
     t0 = time.monotonic()
     temps: list[str] = []
     try:
         if src.url is not None:
-            out = _update_url(src, src.url, store, last, temps)
+            out = _update_url(src, src.url, store, last, temps, sink)
         elif src.path is not None:
-            out = _update_path(src, src.path, store, last, last_fingerprint, temps)
+            out = _update_path(src, src.path, store, last, last_fingerprint, temps, sink)
         else:
             out = Outcome("missing", "neither path nor url")
     except FetchError as exc:
@@ -383,7 +388,7 @@ def update(src: SourceConfig, store: Store, last: Stored | None,
 
 
 def _update_url(src: SourceConfig, url: str, store: Store, last: Stored | None,
-                temps: list[str]) -> Outcome:
+                temps: list[str], sink: RuleSink | None) -> Outcome:
     temp = store.temp(src.name)
     temps.append(temp)
     with open(temp, "wb") as f:
@@ -396,7 +401,7 @@ def _update_url(src: SourceConfig, url: str, store: Store, last: Stored | None,
     members = (Member(name, f"{got.sha256}.0", got.sha256, got.size),)
     stored = Stored(url, got.sha256, got.size, 0, time.time(), got.validators.etag,
                     got.validators.last_modified, members, store.directory(src.name))
-    return _judge_commit(src, store, last, stored, temps, expected)
+    return _judge_commit(src, store, last, stored, temps, expected, sink)
 
 
 def _sidecar(src: SourceConfig, url: str, name: str) -> str:
@@ -409,7 +414,8 @@ def _sidecar(src: SourceConfig, url: str, name: str) -> str:
 
 
 def _update_path(src: SourceConfig, path: str, store: Store, last: Stored | None,
-                 last_fp: tuple[tuple[str, int, int], ...], temps: list[str]) -> Outcome:
+                 last_fp: tuple[tuple[str, int, int], ...], temps: list[str],
+                 sink: RuleSink | None) -> Outcome:
     fp = fingerprint(path)
     if last is not None and fp == last_fp:
         return Outcome(NOT_MODIFIED, "size and mtime unchanged", fingerprint=fp)
@@ -436,13 +442,13 @@ def _update_path(src: SourceConfig, path: str, store: Store, last: Stored | None
         return Outcome(NOT_MODIFIED, "content unchanged", fingerprint=fp)
     stored = Stored(path, sha, size, 0, time.time(), None, None, tuple(members),
                     store.directory(src.name))
-    out_ = _judge_commit(src, store, last, stored, temps, src.sha256)
+    out_ = _judge_commit(src, store, last, stored, temps, src.sha256, sink)
     out_.fingerprint = fp
     return out_
 
 
 def _judge_commit(src: SourceConfig, store: Store, last: Stored | None, stored: Stored,
-                  temps: list[str], expected: str | None) -> Outcome:
+                  temps: list[str], expected: str | None, sink: RuleSink | None = None) -> Outcome:
     files = list(zip((m.name for m in stored.members), temps, strict=True))
     parsed: ParsedList | None = None
     if stored.size == 0:
@@ -451,7 +457,7 @@ def _judge_commit(src: SourceConfig, store: Store, last: Stored | None, stored: 
         verdict = feeds.judge(Limits.of(src), Candidate(stored.size, stored.sha256), None, expected)
     else:
         try:
-            parsed = parse_members(src, files)
+            parsed = parse_members(src, files, sink)
             verdict = feeds.judge(Limits.of(src), Candidate.of(parsed, stored.size, stored.sha256),
                                   last.rules if last else None, expected)
         except ListFormatError as exc:

@@ -9,12 +9,14 @@ line, or a registry record with its decision).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ipaddress
 from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 from blockgate.domain import ascii_key, list_key
 from blockgate.errors import DomainError
@@ -27,6 +29,27 @@ from blockgate.trie import ACTION_SHIFT, ALLOW, KIND_MASK, Kind
 MAX_KEPT_ISSUES: Final = 100_000
 # Offending text kept per issue.
 MAX_ISSUE_TEXT: Final = 160
+# A streaming parse hands its rules over in chunks of about this many.
+SPILL_AT: Final = 65_536
+
+
+class RuleSink(Protocol):
+    """Takes a streaming parse's rules chunk by chunk (``trie.Differ`` is one)."""
+
+    def feed(self, keys: list[bytes], flags: bytearray, refs: array[int]) -> None: ...
+
+
+_SINK: ContextVar[RuleSink | None] = ContextVar("blockgate_rule_sink", default=None)
+
+
+@contextlib.contextmanager
+def streaming(sink: RuleSink | None) -> Iterator[None]:
+    """Parses started inside hand their rules to ``sink`` instead of keeping them."""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
 
 
 def make_flags(kind: int, allow: bool = False, action: Action | None = None) -> int:
@@ -104,6 +127,11 @@ class ParsedList:
     _decision_index: dict[Decision, int] = field(default_factory=dict)
 
     _line_base: int = 0
+    # A streaming parse (``streaming``): rules spilled to ``sink`` are not kept here; their
+    # number and kinds are. Such a list gives origins and counts but cannot be compiled.
+    sink: RuleSink | None = field(default_factory=_SINK.get)
+    spilled: int = 0
+    spilled_flags: Counter[int] = field(default_factory=Counter)
 
     # -- building (parsers) ---------------------------------------------------------------
     def begin_file(self, name: str) -> int:
@@ -119,6 +147,24 @@ class ParsedList:
         self.keys.append(key)
         self.flags.append(flags)
         self.refs.append(ref)
+
+    def spill(self) -> None:
+        """Parsers call this where no rule of theirs is half written (between lines or
+        records): a streaming parse hands over what it holds once it holds a chunk."""
+        if self.sink is not None and len(self.keys) >= SPILL_AT:
+            self._spill()
+
+    def _spill(self) -> None:
+        assert self.sink is not None
+        self.sink.feed(self.keys, self.flags, self.refs)
+        self.spilled += len(self.keys)
+        self.spilled_flags.update(Counter(self.flags))
+        self.keys, self.flags, self.refs = [], bytearray(), array("I")
+
+    def finish(self) -> None:
+        """End of the parse: a streaming one hands over the rest."""
+        if self.sink is not None:
+            self._spill()
 
     def issue(self, where: str, reason: str, text: str) -> None:
         self.issue_counts[reason] += 1
@@ -218,7 +264,7 @@ class ParsedList:
 
     def kind_counts(self) -> Counter[str]:
         out: Counter[str] = Counter()
-        for f, n in Counter(self.flags).items():
+        for f, n in (Counter(self.flags) + self.spilled_flags).items():
             name = Kind(f & KIND_MASK).name.lower()
             out[f"{'allow' if f & ALLOW else 'block'}-{name}"] += n
         return out
@@ -230,7 +276,12 @@ class ParsedList:
         self.refs = array("I")
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.spilled + len(self.keys)
+
+    @property
+    def streamed(self) -> bool:
+        return self.sink is not None
 
     def iter_rules(self) -> Iterator[tuple[bytes, int, int]]:
+        assert self.sink is None, "a streamed list keeps no rules"
         return zip(self.keys, self.flags, self.refs, strict=True)

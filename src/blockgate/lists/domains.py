@@ -51,6 +51,7 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
             else:
                 _take(out, lines, numbers, None, plain)
             first += len(lines)
+            out.spill()
         out.end_file(first - 1 - base)
     return out
 

@@ -377,6 +377,7 @@ def _finish(out: ParsedList, base: int, record: _Record, policy: Policy) -> None
         ref = out.record(base + record.line, record.record_id, record.decision)
         for key, flags in rules.items():
             out.add(key, flags, ref)
+        out.spill()
 
 
 def _record_rules(out: ParsedList, where: str, record: _Record, policy: Policy) -> dict[bytes, int]:

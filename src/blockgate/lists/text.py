@@ -81,6 +81,7 @@ def numbered_lines(out: ParsedList, inp: Input) -> Iterator[tuple[int, int, byte
         for line in lines:
             number += 1
             yield number, base + number, line
+        out.spill()  # the consumer is done with the block's lines
     out.end_file(number)
 
 

@@ -136,6 +136,7 @@ class _Rows:
             ref = out.record(line, 0, self.decision(fields[4], fields[5], fields[3]))
             for key, flags in rules.items():
                 out.add(key, flags, ref)
+            out.spill()
 
     def addresses(self, where: str, ips: str) -> None:
         """The IP field; a repeat of the previous row's field replays what that one added.
