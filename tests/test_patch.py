@@ -87,14 +87,14 @@ def test_patches_answer_as_a_compile_from_scratch(sources: list[list[Spec]],
                                                   versions: list[tuple[int, list[Spec]]],
                                                   seed: int | None) -> None:
     """Several versions in a row, of any source: after each, patched == compiled."""
-    m = compile_rules(infos(sources, seed))
+    m = compile_rules(patchable=True, sources=infos(sources, seed))
     current = list(sources)
     for which, specs in versions:
         index = which % len(current)
         current[index] = specs
         new = infos(current, seed)
         m = patch(m, index, new[index])
-        assert_same(m, compile_rules(new), probes(*current, *sources))
+        assert_same(m, compile_rules(new, patchable=True), probes(*current, *sources))
 
 
 def test_a_big_list_with_hash_clashes_and_duplicates() -> None:
@@ -107,7 +107,7 @@ def test_a_big_list_with_hash_clashes_and_duplicates() -> None:
     v0 += [(n, S, False, None) for n in names[:50]]  # a subtree rule too: both sides
     v0 += [(n, E, False, Action.REFUSED) for n in names[100:110]]  # listed twice
     other: list[Spec] = [(n, E, True, None) for n in names[200:220]] + [("extra.test", S, False, None)]
-    m = compile_rules(infos([v0, other]))
+    m = compile_rules(patchable=True, sources=infos([v0, other]))
     assert m._self.overflow and m._self.extra
     # v1: 300 names gone (some of them listed twice, some shared with the other source),
     # 400 new ones, one line added at the top (every origin moves), a rule's action changed.
@@ -118,7 +118,7 @@ def test_a_big_list_with_hash_clashes_and_duplicates() -> None:
     v1 += [(names[5], E, False, Action.SINKHOLE)]
     v1 += [(n, W, False, None) for n in names[:20]]
     m1 = patch(m, 0, infos([v1, other])[0])
-    fresh = compile_rules(infos([v1, other]))
+    fresh = compile_rules(patchable=True, sources=infos([v1, other]))
     keys = probes(v1, v0, other)
     assert_same(m1, fresh, keys)
     assert m1.match(names[100].encode()) is None  # was listed twice, now gone
@@ -126,26 +126,28 @@ def test_a_big_list_with_hash_clashes_and_duplicates() -> None:
     assert rule is not None and rule.source == "s1"  # the other source's allow, as before
     # and back to v0 (the removed names come back through overflow)
     m2 = patch(m1, 0, infos([v0, other])[0])
-    assert_same(m2, compile_rules(infos([v0, other])), keys)
+    assert_same(m2, compile_rules(patchable=True, sources=infos([v0, other])), keys)
 
 
 def test_an_unchanged_list_changes_nothing() -> None:
     specs: list[Spec] = [(f"n{i}.ru", E, False, None) for i in range(1000)]
-    m = compile_rules(infos([specs]))
+    m = compile_rules(patchable=True, sources=infos([specs]))
     p = patch_source(m, 0, infos([specs])[0])
     assert isinstance(p, Patch)
     assert (p.added, p.removed, p.changed) == (0, 0, 0)
     m1 = p.apply()
     assert not m1._self.overflow and m1._self.only >= 0
-    assert_same(m1, compile_rules(infos([specs])), probes(specs))
+    assert_same(m1, compile_rules(patchable=True, sources=infos([specs])), probes(specs))
 
 
 def test_what_takes_a_compile_from_scratch() -> None:
     specs: list[Spec] = [(f"n{i}.ru", E, False, None) for i in range(100)]
-    m = compile_rules(infos([specs]))
+    m = compile_rules(patchable=True, sources=infos([specs]))
     moved = SourceInfo("s0", action=Action.REFUSED, rules=rules_of(specs))
     assert "settings" in str(patch_source(m, 0, moved))
     assert "not in the rule set" in str(patch_source(m, 3, infos([specs])[0]))
+    plain = compile_rules(infos([specs]))  # the lookup structure alone, as ``bench/lookup.py``
+    assert "without what a patch needs" in str(patch_source(plain, 0, infos([specs])[0]))
     many = specs + [(f"m{i}.ru", E, False, None) for i in range(PATCH_MIN_ROOM + 1)]
     assert "since the compile" in str(patch_source(m, 0, infos([many])[0]))
 
@@ -155,13 +157,13 @@ def test_room_is_counted_across_patches() -> None:
     names added (300), then swapped for 300 others (900), then again (1,500 > 1,024)."""
     assert PATCH_MIN_ROOM == 1024
     base: list[Spec] = [(f"n{i}.ru", E, False, None) for i in range(100)]
-    m = compile_rules(infos([base]))
+    m = compile_rules(patchable=True, sources=infos([base]))
     for step in range(3):
         specs = base + [(f"v{step}-{i}.ru", E, False, None) for i in range(300)]
         got = patch_source(m, 0, infos([specs])[0])
         if step < 2:
             assert isinstance(got, Patch), got
             m = got.apply()
-            assert_same(m, compile_rules(infos([specs])), probes(specs))
+            assert_same(m, compile_rules(patchable=True, sources=infos([specs])), probes(specs))
         else:
             assert isinstance(got, str) and "since the compile" in got

@@ -60,7 +60,7 @@ class RuleSet:
             ls.kinds = ls.parsed.kind_counts()
             c = ls.config
             infos.append(SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), ls.parsed))
-        matcher = compile_rules(infos)
+        matcher = compile_rules(infos, patchable=True)  # the daemon patches it on swaps
         for ls in self.loaded:
             if ls.parsed is not None:
                 ls.parsed.release()  # the matcher holds the rules now

@@ -124,10 +124,12 @@ class _Side:
     ``find(key)`` must only be asked for a key that is in ``keys``.
     """
 
-    __slots__ = ("bshift", "cls", "extra", "keys", "off", "only", "overflow", "patched", "ref", "tags")
+    __slots__ = ("bshift", "bykey", "cls", "extra", "fp", "keys", "off", "only", "overflow", "patched",
+                 "ref", "tags")
 
     def __init__(self, keys: list[bytes], keyset: set[bytes], cls: array[int],
-                 ref: array[int], extra: dict[bytes, tuple[tuple[int, int], ...]] | None = None) -> None:
+                 ref: array[int], extra: dict[bytes, tuple[Entry, ...]] | None = None,
+                 patchable: bool = False) -> None:
         n = len(keys)
         self.bshift = _HASH_BITS - max(1, (n // _PER_BUCKET).bit_length())
         self.keys = keyset
@@ -140,8 +142,14 @@ class _Side:
         self.tags = array("H")
         self.cls = array(cls.typecode)
         self.ref = array("I")
+        # For patches (``patchable``): per entry, 32 more bits of the key's hash and the key.
+        # A patch tells a listed name from the name at its entry by hash alone (62 bits, keyed
+        # per process), because reading a key object writes its reference count, which
+        # would copy its page away from the workers that share it.
+        self.fp = array("I")
+        self.bykey: list[bytes] = []
         clash = array("I")
-        _fill_index(self, keys, cls, ref, clash)
+        _fill_index(self, keys, cls, ref, clash, patchable)
         self.overflow: dict[bytes, tuple[int, int]] = {
             keys[i]: (self.only if self.only >= 0 else cls[i], ref[i]) for i in clash}
         # The rules that lost at a name to its winner, (class, ref) each: what a patch needs
@@ -165,12 +173,28 @@ class _Side:
         b = h >> self.bshift
         return self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
 
+    def entry_of(self, key: bytes) -> int:
+        """The index entry that holds ``key``, or -1, by hash alone (``fp``): no key object
+        of the side is read. Names in ``overflow`` are the caller's to check first."""
+        h = hash(key)
+        low = h & _HASH_MASK
+        b = low >> self.bshift
+        lo, hi = self.off[b], self.off[b + 1]
+        tags = self.tags
+        tag = low & _TAG_MASK
+        fp = self.fp
+        want = (h >> 32) & 0xFFFFFFFF
+        for i in range(lo, hi):
+            if tags[i] == tag and fp[i] == want:
+                return i
+        return -1
+
     def class_at(self, pos: int) -> int:
         return self.only if self.only >= 0 else self.cls[pos]
 
     def nbytes(self) -> int:
-        arrays = (self.off, self.tags, self.cls, self.ref)
-        return sum(a.itemsize * len(a) for a in arrays)
+        arrays = (self.off, self.tags, self.cls, self.ref, self.fp)
+        return sum(a.itemsize * len(a) for a in arrays) + 8 * len(self.bykey)
 
 
 class Rule(NamedTuple):
@@ -242,7 +266,7 @@ class Rule(NamedTuple):
 
 
 def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int],
-                clash: array[int]) -> None:
+                clash: array[int], patchable: bool = False) -> None:
     """Group the entries by bucket and fill the side's columns.
 
     A counting sort in one Python pass costs less here than ``sorted`` plus the C-level
@@ -281,6 +305,18 @@ def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int]
             starts[b] = p + 1
             placed[p] = h
             refs[p] = r
+    if patchable:
+        fps = array("I", bytes(4 * n))
+        bykey: list[bytes] = [b""] * n
+        pos = array("I", bounds)
+        for h, k in zip(hs, keys, strict=True):
+            b = h >> bshift
+            p = pos[b]
+            pos[b] = p + 1
+            fps[p] = (hash(k) >> 32) & 0xFFFFFFFF
+            bykey[p] = k
+        side.fp.extend(fps)
+        side.bykey = bykey
     twins = _twins(placed, bounds)
     if twins:  # a handful of entries, answered from ``overflow`` before the arrays
         clash.extend(compress(range(n), map(twins.__contains__, hs)))
@@ -345,22 +381,23 @@ class Matcher:
         self.stats = stats
         self._self = self_side
         self._below = below_side
-        self.match = _make_match(classes, self_side, below_side)
+        self.match = _make_match(classes, self_side, below_side, bool(stats.get("top_level", True)))
 
     def __len__(self) -> int:
         return len(self._self.keys) + len(self._below.keys)
 
     @property
     def names(self) -> int:
-        """Distinct names (a union of the two sets would cost a third set)."""
-        sk, bk = self._self.keys, self._below.keys
-        return len(sk) + len(bk) - sum(map(sk.__contains__, bk))
+        """Distinct names (kept by the compile and by patches: counting them again would
+        read every key object)."""
+        return int(self.stats["names"])
 
     def index_bytes(self) -> int:
         return self._self.nbytes() + self._below.nbytes()
 
 
-def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callable[[bytes], Rule | None]:
+def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side,
+                top_level: bool) -> Callable[[bytes], Rule | None]:
     """Build ``match`` as a closure: every name it touches is a local or a cell.
 
     A hit on a side with a single rule class costs one tuple; otherwise the class comes from
@@ -372,7 +409,6 @@ def _make_match(classes: list[RuleClass], sside: _Side, bside: _Side) -> Callabl
     b_only = classes[bside.only] if bside.only >= 0 else None
     new_rule = tuple.__new__
     rule_type = Rule
-    top_level = not all(map(bytes.__contains__, below_keys, repeat(b".")))
 
     def hit_self(key: bytes) -> Rule:
         return new_rule(rule_type, (s_only or classes[s_find(key)[0]], key, sside))
@@ -528,8 +564,10 @@ class _SideInput:
         return keyset, n - len(self.keys), {k: tuple(v) for k, v in losers.items()}
 
 
-def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
+def compile_rules(sources: Sequence[SourceInfo], patchable: bool = False) -> Matcher:
     """Compile the rules of ``sources`` (config order; each has ``rules``) into a Matcher.
+
+    ``patchable``: keep what ``Differ`` needs (12 bytes per name more): the daemon's.
 
     The sources' columns are only read; callers may drop them afterwards (origins and local
     data are still asked of ``SourceInfo.rules`` on a hit).
@@ -554,12 +592,15 @@ def compile_rules(sources: Sequence[SourceInfo]) -> Matcher:
         bside.extend(src.rules, _BELOW_TABLE, cls_of)
     sset, sdrop, sextra = sside.dedupe(classes)
     bset, bdrop, bextra = bside.dedupe(classes)
-    self_side = _Side(sside.keys, sset, sside.cls, sside.ref, sextra)
+    self_side = _Side(sside.keys, sset, sside.cls, sside.ref, sextra, patchable)
     del sside
-    below_side = _Side(bside.keys, bset, bside.cls, bside.ref, bextra)
+    below_side = _Side(bside.keys, bset, bside.cls, bside.ref, bextra, patchable)
     del bside
+    both = sum(map(sset.__contains__, bset))
     stats: dict[str, Any] = {"shadowed": sdrop + bdrop, "self_names": len(sset),
-                             "below_names": len(bset)}
+                             "below_names": len(bset), "names": len(sset) + len(bset) - both,
+                             "top_level": not all(map(bytes.__contains__, bset, repeat(b"."))),
+                             "patchable": patchable}
     return Matcher(classes, self_side, below_side, list(sources), stats)
 
 
@@ -612,9 +653,12 @@ def _best(entries: list[Entry], prio: list[tuple[int, int, int]]) -> int:
 
 def _feed_side(d: _SideDiff, keys_: list[bytes], flags: bytearray, refs: array[int],
                table: bytes, cls_of: array[int]) -> None:
-    """Compare a chunk of X's new rules (those on this side) with the side."""
+    """Compare a chunk of X's new rules (those on this side) with the side.
+
+    No key object of the side is read (``_Side.entry_of``), except those in ``overflow`` and
+    ``extra`` (a few): their pages stay shared with the workers."""
     side = d.side
-    keys, extra, overflow = side.keys, side.extra, side.overflow
+    extra, overflow = side.extra, side.overflow
     only = side.only
     cls = side.cls
     seen, new_ref, over_seen, touched = d.seen, d.new_ref, d.over_seen, d.touched
@@ -627,21 +671,24 @@ def _feed_side(d: _SideDiff, keys_: list[bytes], flags: bytearray, refs: array[i
         if got is not None:
             got.append((c, r))
             continue
-        if k in keys and k not in extra:
-            # The first of X's rules for a name whose winner is X's rule of the same class
-            # stays (it only takes its new ref); a second rule for the name, or another
-            # class, has the name worked out again.
-            o = overflow.get(k)
-            if o is not None:
-                prev = over_seen.pop(k, None)
-                if prev is not None:
-                    touched[k] = [prev, (c, r)]
-                elif o[0] == c:
-                    over_seen[k] = (c, r)
-                else:
-                    touched[k] = [(c, r)]
-                continue
-            pos = side.position(k)
+        # The first of X's rules for a name whose winner is X's rule of the same class stays
+        # (it only takes its new ref); a second rule for the name, or another class, or a
+        # name not in force, has the name worked out again.
+        if extra and k in extra:
+            touched[k] = [(c, r)]
+            continue
+        o = overflow.get(k) if overflow else None
+        if o is not None:
+            prev = over_seen.pop(k, None)
+            if prev is not None:
+                touched[k] = [prev, (c, r)]
+            elif o[0] == c:
+                over_seen[k] = (c, r)
+            else:
+                touched[k] = [(c, r)]
+            continue
+        pos = side.entry_of(k)
+        if pos >= 0:
             if seen[pos]:
                 seen[pos] = 0
                 touched[k] = [(only if only >= 0 else cls[pos], new_ref[pos]), (c, r)]
@@ -653,27 +700,34 @@ def _feed_side(d: _SideDiff, keys_: list[bytes], flags: bytearray, refs: array[i
         touched[k] = [(c, r)]
 
 
+_FLIP: Final = bytes([1, 0]) + bytes(254)  # translate table: 0 <-> 1
+
+
 def _finish_side(d: _SideDiff, is_x: bytearray, prio: list[tuple[int, int, int]]) -> None:
     """X's rules in force that the new version lacks, then every touched name's winner."""
     side = d.side
     keys, extra, overflow = side.keys, side.extra, side.overflow
     only, cls, seen, over_seen, touched = side.only, side.cls, d.seen, d.over_seen, d.touched
-    if only < 0 or is_x[only]:
-        for k in keys:
-            if k in touched:
-                continue
-            o = overflow.get(k)
-            if o is not None:
-                if is_x[o[0]] and k not in over_seen:
-                    touched[k] = []
-            else:
-                pos = side.position(k)
-                if is_x[only if only >= 0 else cls[pos]] and not seen[pos]:
-                    touched[k] = []
+    npos = len(side.tags)
+    # Entries of X's rules that no new rule was matched to: from the columns, in C; only
+    # their keys are read (``bykey``), and those of entries no longer in force are skipped.
+    xmask: bytes | None = None
+    if only >= 0:
+        xmask = b"\x01" * npos if is_x[only] else None
+    elif cls.typecode == "B":
+        xmask = cls.tobytes().translate(bytes(is_x[i] if i < len(is_x) else 0 for i in range(256)))
     else:
-        for k, o in overflow.items():
-            if k not in touched and is_x[o[0]] and k not in over_seen:
-                touched[k] = []
+        xmask = bytes(map(is_x.__getitem__, cls))
+    if xmask is not None:
+        fp, bykey = side.fp, side.bykey
+        for pos in compress(range(npos), map(and_, xmask, seen.translate(_FLIP))):
+            k = bykey[pos]
+            if k in touched or k in overflow or fp[pos] != (hash(k) >> 32) & 0xFFFFFFFF:
+                continue
+            touched[k] = []
+    for k, o in overflow.items():
+        if is_x[o[0]] and k not in over_seen and k not in touched:
+            touched[k] = []
     for k, lost in extra.items():
         if k not in touched:
             for c, _ in lost:
@@ -726,9 +780,11 @@ def _apply_side(d: _SideDiff) -> None:
                 side.cls = array(side.cls.typecode, [side.only]) * len(side.tags)
                 side.only = -1
                 break
-    keys, overflow = side.keys, side.overflow
+    keys, overflow, fp = side.keys, side.overflow, side.fp
     for k, w in d.winners.items():
         if w is None:
+            if k not in overflow:
+                fp[side.position(k)] ^= 0xFFFFFFFF  # the entry matches no name any more
             keys.discard(k)
             overflow.pop(k, None)
             side.patched += 1
@@ -768,16 +824,21 @@ class Patch:
         """Write the changes into the matcher's sides and return the matcher over them.
 
         The old ``Matcher`` object must not be used afterwards (its classes are stale)."""
+        old = self.matcher
+        sside, bside = old._self, old._below
+        sk, bk = sside.keys, bside.keys
+        was = {k: k in sk or k in bk for d in self.diffs for k in d.winners}
         for d in self.diffs:
             _apply_side(d)
-        old = self.matcher
         sources = list(old.sources)
         sources[self.index] = self.info
-        sside, bside = old._self, old._below
         stats = dict(old.stats)
+        top = bool(stats.get("top_level", True)) or any(
+            w is not None and b"." not in k for k, w in self.diffs[1].winners.items())
         stats.update({
             "shadowed": sum(map(len, sside.extra.values())) + sum(map(len, bside.extra.values())),
-            "self_names": len(sside.keys), "below_names": len(bside.keys),
+            "self_names": len(sk), "below_names": len(bk), "top_level": top,
+            "names": int(stats["names"]) + sum(int(k in sk or k in bk) - int(w) for k, w in was.items()),
             "patches": int(old.stats.get("patches", 0)) + 1,
         })
         return Matcher(self.classes, sside, bside, sources, stats)
@@ -803,6 +864,9 @@ class Differ:
         self.code = matcher._self.cls.typecode
         self.cls_of = array(self.code, bytes(256 * array(self.code).itemsize))
         self.rules = 0
+        if not matcher.stats.get("patchable"):
+            self.refusal = "the rule set in force was compiled without what a patch needs"
+            return
         if not 0 <= index < len(matcher.sources):
             self.refusal = "the source is not in the rule set in force"
             return
