@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from blockgate.lists.base import Input, ParsedList
 
 # Lines are read in blocks of this many bytes (cut at a newline), so a list of any size is
-# processed in bounded memory, a block at a time.
-BLOCK: Final = 4 << 20
+# processed in bounded memory, a block at a time. 256 KiB parses the 1M-name bench list as
+# fast as 4 MiB did (0.43 against 0.47 s) and holds a sixteenth of the lines at once, which
+# is what a streaming parse (a swap) keeps beside the rules in force.
+BLOCK: Final = 256 << 10
 
 _NAME_BYTES: Final = b"abcdefghijklmnopqrstuvwxyz0123456789-_.*\n"
 _BAD_BYTE: Final = re.compile(rb"[^a-z0-9_.*\n-]")
