@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import accumulate, compress, count, islice, repeat
-from operator import and_, itemgetter, ne, sub
+from operator import and_, itemgetter, ne, rshift, sub
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from blockgate.policy import Action
@@ -290,7 +290,26 @@ def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int]
     refs = array("I", bytes(4 * n))
     many = side.only < 0
     classes = array(cls.typecode, bytes(cls.itemsize * n))
-    if many:
+    if patchable:
+        # 32 more bits of each key's hash, and the key, in entry order (``_Side.fp``).
+        his = array("I", map(and_, map(rshift, map(hash, keys), repeat(32)), repeat(0xFFFFFFFF)))
+        fps = array("I", bytes(4 * n))
+        bykey: list[bytes] = [b""] * n
+        for h, r, c, hi, k in zip(hs, ref, cls, his, keys, strict=True):
+            b = h >> bshift
+            p = starts[b]
+            starts[b] = p + 1
+            placed[p] = h
+            refs[p] = r
+            if many:
+                classes[p] = c
+            fps[p] = hi
+            bykey[p] = k
+        del his
+        side.fp.extend(fps)
+        del fps
+        side.bykey = bykey
+    elif many:
         for h, r, c in zip(hs, ref, cls, strict=True):
             b = h >> bshift
             p = starts[b]
@@ -305,18 +324,6 @@ def _fill_index(side: _Side, keys: list[bytes], cls: array[int], ref: array[int]
             starts[b] = p + 1
             placed[p] = h
             refs[p] = r
-    if patchable:
-        fps = array("I", bytes(4 * n))
-        bykey: list[bytes] = [b""] * n
-        pos = array("I", bounds)
-        for h, k in zip(hs, keys, strict=True):
-            b = h >> bshift
-            p = pos[b]
-            pos[b] = p + 1
-            fps[p] = (hash(k) >> 32) & 0xFFFFFFFF
-            bykey[p] = k
-        side.fp.extend(fps)
-        side.bykey = bykey
     twins = _twins(placed, bounds)
     if twins:  # a handful of entries, answered from ``overflow`` before the arrays
         clash.extend(compress(range(n), map(twins.__contains__, hs)))
