@@ -23,8 +23,8 @@ source has ``refresh: 1s``. Measured:
 * PSS of the daemon's process tree (smaps_rollup, every 50 ms): steady (before the first
   change, and after the last) against the peak during the swaps;
 * time from the publication to the first new answer, and to 20 new answers in a row (a
-  probe asks the newly blocked names every 5 ms); the daemon's log gives the parts (fetch and
-  judge, compile).
+  probe asks the newly blocked names every 5 ms); the daemon's log gives the parts (fetch,
+  parse and judge; then the patch of the rules in force, or a compile from scratch).
 
     make bench-reload       # = .venv/bin/python bench/reload.py
 """
@@ -435,7 +435,10 @@ def report(a: argparse.Namespace, out_path: Path, t0: float, published: list[flo
     after = [p for t, p in samples if t > done[-1] + 2.0]
     peak = max(p for _t, p in samples)
     log = daemon_log.read_text(errors="replace")
-    compile_s = [float(x) for x in re.findall(r"compiled in ([\d.]+) s", log)][1:]
+    # each swap after the first load: "compiled in X s" (from scratch) or "patched in X s"
+    builds = re.findall(r"from \d+ sources?, (compiled|patched) in ([\d.]+) s", log)[1:]
+    compile_s = [float(x) for _, x in builds]
+    build_how = [how for how, _ in builds]
     accept_s = [float(x) for x in re.findall(r"source bench: accepted .* in ([\d.]+) s", log)]
     rec = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rate": a.rate, "seconds": a.seconds,
@@ -450,7 +453,8 @@ def report(a: argparse.Namespace, out_path: Path, t0: float, published: list[flo
         "pss_peak_mib": round(peak / 1024, 1),
         "first_new_answer_s": [None if x is None else round(x, 2) for x in first],
         "all_new_answers_s": [None if x is None else round(x, 2) for x in every],
-        "fetch_judge_store_s": accept_s, "compile_s": compile_s, "ready_s": round(ready, 2),
+        "fetch_judge_store_s": accept_s, "compile_s": compile_s, "build_how": build_how,
+        "ready_s": round(ready, 2),
         "kernel_rcvbuf_errors": a.rcvbuf_errors, "socket_drops": a.socket_drops,
     }
     if rec["pss_steady_mib"]:
@@ -467,7 +471,8 @@ def report(a: argparse.Namespace, out_path: Path, t0: float, published: list[flo
     print(f"PSS steady {rec['pss_steady_mib']} MiB, peak {rec['pss_peak_mib']} MiB "
           f"(x{rec.get('pss_peak_ratio')}, target <= 1.5), after the swaps {rec['pss_after_mib']} MiB")
     print(f"change -> first new answer {rec['first_new_answer_s']} s, -> everywhere "
-          f"{rec['all_new_answers_s']} s; fetch+judge+store {accept_s} s, compile {compile_s} s")
+          f"{rec['all_new_answers_s']} s; fetch+judge+store {accept_s} s, "
+          f"then {', '.join(build_how) or 'built'} in {compile_s} s")
     return 0 if lost == 0 and not wrong else 1
 
 

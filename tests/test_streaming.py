@@ -149,3 +149,23 @@ def test_a_streamed_parse_cannot_be_compiled(tmp_path: Path) -> None:
     ls = LoadedSource(cfg.sources[0], parse_streamed("domains", "l", b"a.ru\n", Collector()))
     with pytest.raises(ValueError, match="streamed"):
         RuleSet([ls])
+
+
+def test_a_list_compared_with_rules_no_longer_in_force_is_not_patched(tmp_path: Path) -> None:
+    """Two fetches compared with the same rules: once the first is patched in, the second
+    was compared with rules no longer in force, and takes a compile from scratch."""
+    from blockgate.config import load
+    from blockgate.engine import LoadedSource, RuleSet
+
+    text_ = f"state_dir: {tmp_path}\nsources:\n  - name: s0\n    format: domains\n    path: {tmp_path}/l\n"
+    src = load(text_, file="t.yaml", base=str(tmp_path)).sources[0]
+    rs = RuleSet([LoadedSource(src, parse("domains", "l", domains_text(50)))])
+    first, second = rs.differ(src), rs.differ(src)
+    assert first is not None and second is not None
+    new1 = LoadedSource(src, parse_streamed("domains", "l", domains_text(50, offset=5), first))
+    new2 = LoadedSource(src, parse_streamed("domains", "l", domains_text(50, offset=9), second))
+    patch = rs.patch(new1)
+    assert isinstance(patch, Patch), patch
+    rs1 = rs.patched(new1, patch)
+    assert rs1.match(b"n54.example.ru") is not None and rs1.match(b"n0.example.ru") is None
+    assert "no longer in force" in str(rs1.patch(new2))

@@ -7,12 +7,16 @@ It
   the worker of slot i serves the sockets of slot i. A worker that leaves never takes
   queued datagrams with it, nor re-hashes flows: its sockets stay, for its successor.
 * keeps each source's last good list (``fetch.Store``), fetches on schedule (threads, HTTP
-  with timeouts), judges what it got (``feeds``), and compiles a new ``RuleSet`` off the
-  serving path (a thread of this process; workers keep answering from their own copy);
-* swaps it in: the old RuleSet is dropped here first (so no new process inherits it), a
-  new worker per slot is forked with the new rules, and once it reads its sockets the old
-  worker of that slot is told to drain: stop reading, finish its upstream queries, send its
-  final counters, exit. Nothing queued in a kernel socket is lost;
+  with timeouts), judges what it got (``feeds``). A fetch's parse is compared, as it is
+  read, with the rules in force (``trie.Differ``: the new version is never held whole);
+* builds the new ``RuleSet`` off the serving path (a thread of this process; workers keep
+  answering from their own copy): when one source changed, by patching the rules in force
+  in place (this process's copy only; ``fork_lock`` keeps a fork from seeing half a patch);
+  otherwise by compiling from scratch, after which the old RuleSet is dropped here first
+  (so no new process inherits it);
+* swaps it in: a new worker per slot is forked with the new rules, and once it reads its
+  sockets the old worker of that slot is told to drain: stop reading, finish its upstream
+  queries, send its final counters, exit. Nothing queued in a kernel socket is lost;
 * handles signals: SIGTERM/SIGINT stop, SIGHUP re-reads the config and every source (an
   invalid config is refused with its located errors; the running one stays), SIGCHLD reaps;
 * answers ``blockgate status`` on ``state_dir/control.sock``; ``totals()`` and

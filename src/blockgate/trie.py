@@ -23,6 +23,10 @@ dicts costs ~440 bytes per name and walks one dict per label. Here:
 
 Python's ``hash`` of bytes is randomised per process, so the index is built in the process
 that uses it (workers fork after compiling and inherit it).
+
+The daemon's matcher is ``patchable``: a new version of one source is compared with it as
+it is parsed (``Differ``) and only the differences are written (``Patch``), so a swap holds
+one rule set, not two (see the patching section below).
 """
 
 from __future__ import annotations
@@ -867,7 +871,8 @@ class Differ:
         self.settings = (name, fmt, category, action, ede)
         self.classes = list(matcher.classes)
         self.mine: dict[int, int] = {}  # flag byte -> class id of X
-        self.diffs = (_SideDiff.of(matcher._self), _SideDiff.of(matcher._below))
+        # made by the first ``feed``: a fetch that ends in 304 or a refusal costs nothing
+        self.diffs: tuple[_SideDiff, _SideDiff] | None = None
         self.code = matcher._self.cls.typecode
         self.cls_of = array(self.code, bytes(256 * array(self.code).itemsize))
         self.rules = 0
@@ -906,9 +911,14 @@ class Differ:
         if self.code == "B" and len(self.classes) > 255:
             self.refusal = "more rule classes than the index holds"
             return
-        s, b = self.diffs
+        s, b = self._diffs()
         _feed_side(s, keys, flags, refs, _SELF_TABLE, self.cls_of)
         _feed_side(b, keys, flags, refs, _BELOW_TABLE, self.cls_of)
+
+    def _diffs(self) -> tuple[_SideDiff, _SideDiff]:
+        if self.diffs is None:
+            self.diffs = (_SideDiff.of(self.matcher._self), _SideDiff.of(self.matcher._below))
+        return self.diffs
 
     def finish(self, info: SourceInfo) -> Patch | str:
         """The Patch that makes the matcher enforce ``info`` (the version fed, with its
@@ -924,13 +934,14 @@ class Differ:
         for i in self.mine.values():
             is_x[i] = 1
         prio = [c.priority for c in classes]
-        for d in self.diffs:
+        diffs = self._diffs()
+        for d in diffs:
             _finish_side(d, is_x, prio)
             room = max(PATCH_MAX_SHARE * len(d.side.tags), PATCH_MIN_ROOM)
             if d.side.patched + d.added + d.removed > room:
                 return (f"{d.side.patched + d.added + d.removed} names added or removed since the "
                         f"compile, over {room:.0f}")
-        return Patch(self.matcher, index, info, classes, self.diffs)
+        return Patch(self.matcher, index, info, classes, diffs)
 
 
 def patch_source(matcher: Matcher, index: int, info: SourceInfo) -> Patch | str:
