@@ -794,13 +794,14 @@ def _apply_side(d: _SideDiff) -> None:
     keys, overflow, fp = side.keys, side.overflow, side.fp
     for k, w in d.winners.items():
         if w is None:
-            if k not in overflow:
-                fp[side.position(k)] ^= 0xFFFFFFFF  # the entry matches no name any more
+            pos = side.entry_of(k)  # also a name in ``overflow`` by hash clash has one
+            if pos >= 0:
+                fp[pos] ^= 0xFFFFFFFF  # the entry matches no name any more
             keys.discard(k)
             overflow.pop(k, None)
             side.patched += 1
         elif k in keys and k not in overflow:
-            pos = side.position(k)
+            pos = side.entry_of(k)
             if side.only < 0:
                 side.cls[pos] = w[0]
             ref[pos] = w[1]
