@@ -155,6 +155,7 @@ def test_metrics_count_the_nfqueue_workers_blocks(setup: Setup) -> None:
 def test_swap_rebinds_the_queue(setup: Setup) -> None:
     """SIGHUP with a changed list: the new worker takes the queue over and enforces it."""
     assert setup.proc is not None
+    workers = len(children(setup.proc.pid))
     (setup.tmp / "block.txt").write_text(f"{BLOCKED}\n{ALLOWED}\n")
     try:
         setup.proc.send_signal(signal.SIGHUP)
@@ -173,6 +174,9 @@ def test_swap_rebinds_the_queue(setup: Setup) -> None:
         deadline = time.monotonic() + 15
         while curl(setup.ns, ALLOWED, LOCAL).stdout != "200" and time.monotonic() < deadline:
             time.sleep(0.2)
+        # the old workers have drained and gone: the tests that follow signal every child
+        while len(children(setup.proc.pid)) > workers and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 FLOOD_SCRIPT = r"""
