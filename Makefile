@@ -8,7 +8,7 @@ CONFIG ?= config/blockgate.yaml
 # require: fail unless the per-packet modules compile (setup.py); auto falls back to pure Python
 BLOCKGATE_COMPILE ?= require
 
-.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-reload bench-sni clean
+.PHONY: run test lint typecheck imports pytest debs bench-lookup bench-dns bench-quic bench-reload bench-patch bench-sni clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -62,6 +62,9 @@ docs: $(STAMP)
 
 bench-reload: $(STAMP)
 	$(PY) bench/reload.py --rate 20000 --seconds 30
+
+bench-patch: $(STAMP)
+	$(PY) bench/patch.py
 
 bench-sni: $(STAMP) debs
 	$(PY) bench/sni.py --rounds 160 --nfqueue
