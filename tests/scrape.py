@@ -22,6 +22,7 @@ UP4 = "127.0.0.1:53"
 UP6 = "[::1]:53"
 LAST_SUCCESS = 1_764_633_600.0  # 2025-12-02T00:00:00Z
 COMPILE_SECONDS = 2.5
+SWAPS = {"compiled": 3, "patched": 7}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def get(server: MetricsServer, path: str = "/metrics") -> tuple[int, str]:
 def serving(stats: Stats, sources: Sequence[SourceMetrics],
             host: str = "127.0.0.1") -> Iterator[MetricsServer]:
     server = start_metrics((host, 0), make_registry(lambda: stats, lambda: sources,
-                                                    compile_seconds=lambda: COMPILE_SECONDS))
+                                                    compile_seconds=lambda: COMPILE_SECONDS,
+                                                    swaps=lambda: SWAPS))
     try:
         yield server
     finally:

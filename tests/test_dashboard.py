@@ -32,7 +32,8 @@ PRESENT_AT_START = {"blockgate_dns_queries_total", "blockgate_blocked_total",
                     "blockgate_upstream_latency_seconds_bucket", "blockgate_upstream_latency_seconds_sum",
                     "blockgate_upstream_latency_seconds_count", "blockgate_internal_errors_total",
                     "blockgate_rules", "blockgate_source_last_success_timestamp_seconds",
-                    "blockgate_ruleset_compile_seconds", "blockgate_source_load_seconds",
+                    "blockgate_ruleset_compile_seconds", "blockgate_ruleset_swaps_total",
+                    "blockgate_source_load_seconds",
                     "blockgate_build_info",
                     "process_cpu_seconds_total", "process_resident_memory_bytes"}
 

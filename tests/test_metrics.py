@@ -75,6 +75,8 @@ EXPECTED = [
     ("blockgate_source_load_seconds", {"source": "registry"}, 1.25),
     ("blockgate_source_load_seconds", {"source": "local"}, 0.01),
     ("blockgate_ruleset_compile_seconds", {}, 2.5),
+    ("blockgate_ruleset_swaps_total", {"how": "compiled"}, 3),  # scrape.SWAPS
+    ("blockgate_ruleset_swaps_total", {"how": "patched"}, 7),
     ("blockgate_build_info", {"version": __version__}, 1),
 ]
 
@@ -95,7 +97,7 @@ EXACT_LABEL_SETS = ["blockgate_upstream_responses_total", "blockgate_upstream_er
                     "blockgate_sni_flows_total", "blockgate_malformed_total", "blockgate_rules",
                     "blockgate_source_last_success_timestamp_seconds", "blockgate_source_fetch_total",
                     "blockgate_source_load_seconds", "blockgate_ruleset_compile_seconds",
-                    "blockgate_build_info"]
+                    "blockgate_ruleset_swaps_total", "blockgate_build_info"]
 
 
 @pytest.mark.parametrize("name", EXACT_LABEL_SETS)
@@ -313,6 +315,8 @@ dns:
         ("blockgate_malformed_total", frozenset({("channel", "dns"), ("reason", "short")})): 1,
         ("blockgate_rules", frozenset({("source", "reg"), ("kind", "block-exact")})): 1,
         ("blockgate_ruleset_compile_seconds", frozenset()): 2.5,  # scrape.COMPILE_SECONDS
+        ("blockgate_ruleset_swaps_total", frozenset({("how", "compiled")})): 3,  # scrape.SWAPS
+        ("blockgate_ruleset_swaps_total", frozenset({("how", "patched")})): 7,
         ("blockgate_build_info", frozenset({("version", __version__)})): 1,
     }
     assert s.value("blockgate_upstream_latency_seconds_bucket", upstream="127.0.0.1:53", le="0.0025") == 0

@@ -86,6 +86,8 @@ def test_scrape_counts_every_workers_traffic(with_metrics: Callable[..., tuple[B
     assert value(s, "blockgate_rules", source="registry", kind="block-exact") == 1
     assert value(s, "blockgate_source_last_success_timestamp_seconds", source="registry") > 1.7e9
     assert value(s, "blockgate_ruleset_compile_seconds") > 0
+    assert value(s, "blockgate_ruleset_swaps_total", how="compiled") == 1  # the first load
+    assert value(s, "blockgate_ruleset_swaps_total", how="patched") == 0
     assert value(s, "blockgate_build_info", version=__version__) == 1
     assert value(s, "process_resident_memory_bytes") > 0
     if workers == 2:  # the sum of both workers: each served some of the queries

@@ -128,6 +128,7 @@ class Supervisor:
         self.respawn: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.swap = Swap()
+        self.swaps = {"compiled": 0, "patched": 0}  # rule sets put in force, by how
         self.in_force = (0, 0)  # rules and names of the rule set served
         self.reloads = Reloads()
         self.started = time.time()
@@ -238,7 +239,8 @@ class Supervisor:
         if not listen:
             return True
         registry = make_registry(self.totals, self.source_metrics,
-                                 compile_seconds=lambda: self.swap.compile_seconds)
+                                 compile_seconds=lambda: self.swap.compile_seconds,
+                                 swaps=lambda: dict(self.swaps))
         try:
             self.metrics = start_metrics(parse_addr(listen), registry)
         except OSError as exc:
@@ -483,6 +485,7 @@ class Supervisor:
             if ls.error and self.sources.stored.get(ls.config.name) is not None:
                 log.error("source %s: the stored copy does not load: %s", ls.config.name, ls.error)
         self.swap.compile_seconds = seconds
+        self.swaps[self.swap.how] += 1
         self.in_force = (ruleset.rules, ruleset.matcher.names)
         log.info("%s on %s from %s, %s in %.2f s", _count(ruleset.rules, "rule"),
                  _count(ruleset.matcher.names, "name"), _count(len(ruleset.loaded), "source"),

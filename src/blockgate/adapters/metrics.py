@@ -21,7 +21,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any, Final
@@ -43,6 +43,9 @@ log = logging.getLogger("blockgate.metrics")
 Totals = Callable[[], Stats]
 Sources = Callable[[], Sequence[SourceMetrics]]
 Seconds = Callable[[], float]
+Counts = Callable[[], Mapping[str, int]]
+# How a rule set was put in force: compiled from scratch, or a changed source patched into it.
+SWAP_KINDS = ("compiled", "patched")
 
 # A failing provider is logged at most once per this many seconds (with how many more
 # failed meanwhile): Prometheus scrapes every 15-60 s, so a broken provider writes a line
@@ -64,10 +67,11 @@ class BlockgateCollector:
     """
 
     def __init__(self, totals: Totals, sources: Sources, version: str = __version__,
-                 compile_seconds: Seconds | None = None) -> None:
+                 compile_seconds: Seconds | None = None, swaps: Counts | None = None) -> None:
         self.totals = totals
         self.sources = sources
         self.compile_seconds = compile_seconds
+        self.swaps = swaps
         self.version = version
         self.failures = 0
         self._lock = threading.Lock()  # scrapes may run in parallel request threads
@@ -79,6 +83,7 @@ class BlockgateCollector:
             stats = self.totals()
             sources = list(self.sources())
             compiled = self.compile_seconds() if self.compile_seconds is not None else 0.0
+            swaps = dict(self.swaps()) if self.swaps is not None else {}
         except Exception:
             self._failed()
             raise
@@ -88,6 +93,11 @@ class BlockgateCollector:
         yield from source_families(sources)
         yield GaugeMetricFamily("blockgate_ruleset_compile_seconds", "Seconds the rule set in force "
                                 "took to compile from every source's list.", value=compiled)
+        built = CounterMetricFamily("blockgate_ruleset_swaps", "Rule sets put in force, by how: "
+                                    "compiled from scratch, or a changed source patched in.", labels=["how"])
+        for how in SWAP_KINDS:
+            built.add_metric([how], swaps.get(how, 0))
+        yield built
         info = GaugeMetricFamily("blockgate_build_info", "The running blockgate version (always 1).",
                                  labels=["version"])
         info.add_metric([self.version], 1.0)
@@ -188,11 +198,12 @@ def _add(family: CounterMetricFamily, counts: Any) -> None:
 
 
 def make_registry(totals: Totals, sources: Sources, version: str = __version__,
-                  proc: str = "/proc", compile_seconds: Seconds | None = None) -> CollectorRegistry:
+                  proc: str = "/proc", compile_seconds: Seconds | None = None,
+                  swaps: Counts | None = None) -> CollectorRegistry:
     """A fresh registry: the blockgate collector and the ``process_*`` collector of the
     process that serves it (the supervisor; workers' CPU and memory are not included)."""
     registry = CollectorRegistry()
-    registry.register(BlockgateCollector(totals, sources, version, compile_seconds))
+    registry.register(BlockgateCollector(totals, sources, version, compile_seconds, swaps))
     ProcessCollector(registry=registry, proc=proc)
     return registry
 
