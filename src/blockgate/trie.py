@@ -619,15 +619,17 @@ def compile_rules(sources: Sequence[SourceInfo], patchable: bool = False) -> Mat
 #
 # A swap that compiles from scratch holds two full rule sets (the one in force, shared with
 # the workers, and the new one) plus the compile's transient. A patch changes the rule set in
-# force instead: the new version is compared with it name by name (nothing written), then
-# only what differs is written. Names a patch adds are answered from ``overflow``; a name
-# whose winner changes is rewritten where its index entry is; a name with no rule left
-# leaves its set (its index entry stays, unused). Past ``PATCH_MAX_SHARE`` of a side's
-# entries added or removed since the compile, the next change compiles from scratch.
+# force instead: the new version is compared with it name by name as it is parsed (nothing
+# written; "X" below is the source being replaced), then only what differs is written. Names
+# a patch adds are answered from ``overflow``; a name whose winner changes is rewritten where
+# its index entry is; a name with no rule left leaves its set (its index entry stays,
+# retired: its ``fp`` no longer matches). Past ``PATCH_MAX_SHARE`` of a side's entries added
+# or removed since the compile, the next change compiles from scratch.
 
 PATCH_MAX_SHARE: Final = 0.125
 # A small rule set may take this many patched names before it is compiled again.
 PATCH_MIN_ROOM: Final = 1024
+
 
 @dataclass(slots=True)
 class _SideDiff:
