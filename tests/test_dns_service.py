@@ -799,6 +799,34 @@ def test_sigterm_stops_supervisor_and_workers(running_blockgate: Callable[..., B
     assert not any(alive(p) for p in workers)
 
 
+def test_a_stop_for_every_process_is_no_worker_failure(running_blockgate: Callable[..., Blockgate]) -> None:
+    """A service manager signals every process of the service (systemd's control-group
+    mode): when a worker's exit is read before the supervisor's own SIGTERM, it is a stop,
+    not a failure to log and replace."""
+    daemon = running_blockgate(workers=2)
+    workers = daemon.worker_pids()
+    os.kill(daemon.proc.pid, signal.SIGSTOP)  # both signals wait for the supervisor, in order
+    try:
+        for w in workers:
+            os.kill(w, signal.SIGTERM)
+        assert wait_for(lambda: not any(alive(p) and not zombie(p) for p in workers), 5.0)
+        os.kill(daemon.proc.pid, signal.SIGTERM)
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert daemon.proc.wait(STOP_TIMEOUT) == 0
+    log = daemon.log_text()
+    assert "signal 15: stopping" in log
+    assert "starting another" not in log, log
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
 def test_dead_worker_is_replaced(running_blockgate: Callable[..., Blockgate]) -> None:
     daemon = running_blockgate(workers=2)
     victim = daemon.worker_pids()[0]

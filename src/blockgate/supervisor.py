@@ -343,14 +343,17 @@ class Supervisor:
             data = self._sig_r.recv(4096)
         except BlockingIOError:
             return
+        # A stop first, whatever the order of arrival: a service manager signals every
+        # process of the service, and a worker that stops on its own SIGTERM must not be
+        # taken for a failure (nor replaced) because its SIGCHLD was read first.
         for sig in data:
             if sig in (signal.SIGTERM, signal.SIGINT):
-                log.info("signal %d: stopping", sig)
+                if not self.stopping:
+                    log.info("signal %d: stopping", sig)
                 self.stopping = True
-            elif sig == signal.SIGHUP:
+        for sig in data:
+            if sig == signal.SIGHUP and not self.stopping:
                 self._reload()
-            elif sig == signal.SIGCHLD:
-                self._reap()
         self._reap()
 
     def _on_wake(self) -> None:
