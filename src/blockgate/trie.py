@@ -785,7 +785,9 @@ def _apply_side(d: _SideDiff) -> None:
     ref = side.ref
     new_ref = d.new_ref
     for pos in compress(range(len(d.seen)), d.seen):
-        ref[pos] = new_ref[pos]
+        r = new_ref[pos]
+        if ref[pos] != r:  # a page written is a page copied away from the workers
+            ref[pos] = r
     side.overflow.update(d.over_seen)
     if side.only >= 0:
         for w in d.winners.values():
