@@ -133,11 +133,14 @@ def test_a_big_list_with_hash_clashes_and_duplicates() -> None:
 def test_an_unchanged_list_changes_nothing() -> None:
     specs: list[Spec] = [(f"n{i}.ru", E, False, None) for i in range(1000)]
     m = compile_rules(patchable=True, sources=infos([specs]))
+    clashes = dict(m._self.overflow)  # names that share 30 bits of hash: some hash seeds give a pair
+    refs = m._self.ref.tobytes()
     p = patch_source(m, 0, infos([specs])[0])
     assert isinstance(p, Patch)
     assert (p.added, p.removed, p.changed) == (0, 0, 0)
     m1 = p.apply()
-    assert not m1._self.overflow and m1._self.only >= 0
+    assert m1._self.overflow == clashes and m1._self.only >= 0 and m1._self.patched == 0
+    assert m1._self.ref.tobytes() == refs
     assert_same(m1, compile_rules(patchable=True, sources=infos([specs])), probes(specs))
 
 
