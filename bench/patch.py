@@ -21,8 +21,6 @@ below it, and the first ``--queries`` names of ``queries-mix.txt``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import io
 import os
@@ -34,6 +32,7 @@ from typing import Any
 
 from blockgate.lists import domains
 from blockgate.lists.base import Input, ParsedList, RuleSink, streaming
+from blockgate.sources import malloc_trim
 from blockgate.trie import Differ, Matcher, Patch, SourceInfo, compile_rules
 
 KIT = Path(os.environ.get("BENCH_KIT", Path(__file__).resolve().parents[2] / "shared" / "bench"))
@@ -50,8 +49,7 @@ def parse(body: bytes, sink: RuleSink | None = None) -> ParsedList:
 def trim() -> None:
     """Collect, and give freed heap back to the kernel, so RSS is what is held."""
     gc.collect()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    malloc_trim()
 
 
 def status_kib(field: str) -> int:
@@ -105,7 +103,7 @@ def main() -> int:
         rss0 = status_kib("VmRSS")
         reset_hwm()
         t0 = time.process_time()
-        differ = Differ(matcher, 0, "bench", "domains", None, None, None)
+        differ = Differ(matcher, 0, SourceInfo("bench"))
         streamed = parse(body, differ)
         patch = differ.finish(SourceInfo("bench", rules=streamed))
         assert isinstance(patch, Patch), patch

@@ -124,7 +124,7 @@ def test_a_differ_fed_while_parsing_patches_as_a_compile(monkeypatch: pytest.Mon
     monkeypatch.setattr(text, "BLOCK", BLOCK)
     v0, v1 = domains_text(200), domains_text(200, offset=30)  # 30 names gone, 30 new, lines moved
     m: Matcher = compile_rules(patchable=True, sources=[info(parse("domains", "list.txt", v0))])
-    differ = Differ(m, 0, "s0", "domains", None, Action.NXDOMAIN, None)
+    differ = Differ(m, 0, SourceInfo("s0", "domains", None, Action.NXDOMAIN, None))
     streamed = parse_streamed("domains", "list.txt", v1, differ)
     patch = differ.finish(info(streamed))
     assert isinstance(patch, Patch), patch

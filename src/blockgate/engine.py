@@ -40,6 +40,11 @@ class LoadedSource:
         return sum(self.kinds.values())
 
 
+def _info(c: SourceConfig, parsed: ParsedList | None = None) -> SourceInfo:
+    """A configured source as the matcher knows it."""
+    return SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), parsed)
+
+
 class RuleSet:
     """Every loaded source compiled into one matcher, in config (precedence) order."""
 
@@ -58,8 +63,7 @@ class RuleSet:
             if ls.parsed.streamed:
                 raise ValueError(f"source {ls.config.name}: a streamed parse cannot be compiled")
             ls.kinds = ls.parsed.kind_counts()
-            c = ls.config
-            infos.append(SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), ls.parsed))
+            infos.append(_info(ls.config, ls.parsed))
         matcher = compile_rules(infos, patchable=True)  # the daemon patches it on swaps
         for ls in self.loaded:
             if ls.parsed is not None:
@@ -85,8 +89,7 @@ class RuleSet:
         index = self._index(config)
         if isinstance(index, str):
             return None
-        c = config
-        return Differ(self.matcher, index, c.name, c.format, c.category, c.action, int(c.ede))
+        return Differ(self.matcher, index, _info(config))
 
     def patch(self, new: LoadedSource) -> Patch | str:
         """What changes if ``new`` (a new version of one source, same settings) replaces its
@@ -97,8 +100,7 @@ class RuleSet:
             return index
         if new.parsed is None:
             return "the source has no list"
-        c = new.config
-        info = SourceInfo(c.name, c.format, c.category, c.action, int(c.ede), new.parsed)
+        info = _info(new.config, new.parsed)
         sink = new.parsed.sink
         if sink is None:
             return patch_source(self.matcher, index, info)

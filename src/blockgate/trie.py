@@ -118,6 +118,18 @@ class RuleClass:
         return (0 if self.allow else 1, 0 if self.kind is Kind.EXACT else 1, self.source_index)
 
 
+def _rule_class(src: SourceInfo, si: int, flags: int, index: int) -> RuleClass:
+    """The class of the rules of source ``si`` that carry flag byte ``flags``."""
+    act = flags >> ACTION_SHIFT
+    return RuleClass(src, si, Kind(flags & KIND_MASK), bool(flags & ALLOW),
+                     Action(act) if act else src.action, index, flags)
+
+
+def _settings(src: SourceInfo) -> tuple[str, str, str | None, Action | None, int | None]:
+    """What a source's classes depend on besides its rules: a patch needs them unchanged."""
+    return (src.name, src.fmt, src.category, src.action, src.ede)
+
+
 class _Side:
     """Keys of one side (self or below) and, per key, the winning rule's class and ref.
 
@@ -158,7 +170,7 @@ class _Side:
             keys[i]: (self.only if self.only >= 0 else cls[i], ref[i]) for i in clash}
         # The rules that lost at a name to its winner, (class, ref) each: what a patch needs
         # to find the next winner when the winner's source drops it. Empty without duplicates.
-        self.extra: dict[bytes, tuple[tuple[int, int], ...]] = extra if extra is not None else {}
+        self.extra: dict[bytes, tuple[Entry, ...]] = extra if extra is not None else {}
         self.patched = 0  # names added or removed by patches since the compile
 
     def find(self, key: bytes) -> tuple[int, int]:
@@ -170,12 +182,6 @@ class _Side:
         b = h >> self.bshift
         i = self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
         return (self.only if self.only >= 0 else self.cls[i]), self.ref[i]
-
-    def position(self, key: bytes) -> int:
-        """The index entry of ``key`` (which must be in ``keys`` and not in ``overflow``)."""
-        h = hash(key) & _HASH_MASK
-        b = h >> self.bshift
-        return self.tags.index(h & _TAG_MASK, self.off[b], self.off[b + 1])
 
     def entry_of(self, key: bytes) -> int:
         """The index entry that holds ``key``, or -1, by hash alone (``fp``): no key object
@@ -192,9 +198,6 @@ class _Side:
             if tags[i] == tag and fp[i] == want:
                 return i
         return -1
-
-    def class_at(self, pos: int) -> int:
-        return self.only if self.only >= 0 else self.cls[pos]
 
     def nbytes(self) -> int:
         arrays = (self.off, self.tags, self.cls, self.ref, self.fp)
@@ -588,10 +591,8 @@ def compile_rules(sources: Sequence[SourceInfo], patchable: bool = False) -> Mat
     for si, src in enumerate(sources):
         local: dict[int, int] = {}
         for flags in sorted(set(src.rules.flags)) if src.rules is not None else ():
-            act = flags >> ACTION_SHIFT
             local[flags] = len(classes)
-            classes.append(RuleClass(src, si, Kind(flags & KIND_MASK), bool(flags & ALLOW),
-                                     Action(act) if act else src.action, len(classes), flags))
+            classes.append(_rule_class(src, si, flags, len(classes)))
         class_of.append(local)
     code = "H" if len(classes) > 255 else "B"
     sside, bside = _SideInput(cls=array(code)), _SideInput(cls=array(code))
@@ -713,7 +714,7 @@ def _feed_side(d: _SideDiff, keys_: list[bytes], flags: bytearray, refs: array[i
         touched[k] = [(c, r)]
 
 
-_FLIP: Final = bytes([1, 0]) + bytes(254)  # translate table: 0 <-> 1
+FLIP: Final = bytes([1, 0]) + bytes(254)  # ``bytes.translate`` table: 0 <-> 1 (a mask's inverse)
 
 
 def _finish_side(d: _SideDiff, is_x: bytearray, prio: list[tuple[int, int, int]]) -> None:
@@ -733,7 +734,7 @@ def _finish_side(d: _SideDiff, is_x: bytearray, prio: list[tuple[int, int, int]]
         xmask = bytes(map(is_x.__getitem__, cls))
     if xmask is not None:
         fp, bykey = side.fp, side.bykey
-        for pos in compress(range(npos), map(and_, xmask, seen.translate(_FLIP))):
+        for pos in compress(range(npos), map(and_, xmask, seen.translate(FLIP))):
             k = bykey[pos]
             if k in touched or k in overflow or fp[pos] != (hash(k) >> 32) & 0xFFFFFFFF:
                 continue
@@ -865,30 +866,28 @@ class Differ:
     parsed (``feed``: a ``lists.base.RuleSink``), so that the new version's rules need not
     be kept; ``finish`` gives the Patch. Reads the matcher; writes nothing.
 
+    ``src`` gives the source's settings (its ``rules`` are not read: they are what is fed).
     ``refusal`` says why a compile from scratch is needed instead (then ``feed`` does nothing).
     """
 
-    def __init__(self, matcher: Matcher, index: int, name: str, fmt: str, category: str | None,
-                 action: Action | None, ede: int | None) -> None:
+    def __init__(self, matcher: Matcher, index: int, src: SourceInfo) -> None:
         self.matcher = matcher
         self.index = index
         self.refusal: str | None = None
-        self.settings = (name, fmt, category, action, ede)
+        self.src = src
         self.classes = list(matcher.classes)
         self.mine: dict[int, int] = {}  # flag byte -> class id of X
         # made by the first ``feed``: a fetch that ends in 304 or a refusal costs nothing
         self.diffs: tuple[_SideDiff, _SideDiff] | None = None
         self.code = matcher._self.cls.typecode
         self.cls_of = array(self.code, bytes(256 * array(self.code).itemsize))
-        self.rules = 0
         if not matcher.stats.get("patchable"):
             self.refusal = "the rule set in force was compiled without what a patch needs"
             return
         if not 0 <= index < len(matcher.sources):
             self.refusal = "the source is not in the rule set in force"
             return
-        old = matcher.sources[index]
-        if (old.name, old.fmt, old.category, old.action, old.ede) != self.settings:
+        if _settings(matcher.sources[index]) != _settings(src):
             self.refusal = "the source's settings changed"
             return
         for c in self.classes:
@@ -898,10 +897,8 @@ class Differ:
 
     def _new_class(self, f: int) -> None:
         i = len(self.classes)
-        act = f >> ACTION_SHIFT
-        # a placeholder source until ``finish`` knows the new version's SourceInfo
-        self.classes.append(RuleClass(self.matcher.sources[self.index], self.index, Kind(f & KIND_MASK),
-                                      bool(f & ALLOW), Action(act) if act else self.settings[3], i, f))
+        # ``finish`` gives it the new version's SourceInfo, as to every class of the source
+        self.classes.append(_rule_class(self.src, self.index, f, i))
         self.mine[f] = i
         if i < 256 or self.code == "H":
             self.cls_of[f] = i
@@ -909,7 +906,6 @@ class Differ:
     def feed(self, keys: list[bytes], flags: bytearray, refs: array[int]) -> None:
         if self.refusal is not None:
             return
-        self.rules += len(keys)
         for f in set(flags):
             if f not in self.mine:
                 self._new_class(f)
@@ -930,7 +926,7 @@ class Differ:
         origins), or why a compile from scratch is needed."""
         if self.refusal is not None:
             return self.refusal
-        if (info.name, info.fmt, info.category, info.action, info.ede) != self.settings:
+        if _settings(info) != _settings(self.src):
             return "the source's settings changed"
         index = self.index
         classes = [RuleClass(info, index, c.kind, c.allow, c.action, c.index, c.flags)
@@ -955,6 +951,6 @@ def patch_source(matcher: Matcher, index: int, info: SourceInfo) -> Patch | str:
     rules = info.rules
     if rules is None:
         return "no rules"
-    differ = Differ(matcher, index, info.name, info.fmt, info.category, info.action, info.ede)
+    differ = Differ(matcher, index, info)
     differ.feed(rules.keys, rules.flags, rules.refs)
     return differ.finish(info)

@@ -18,11 +18,10 @@ from typing import Final
 
 from blockgate.lists.base import Input, ParsedList, make_flags
 from blockgate.lists.text import joined_blocks, unusual_lines
-from blockgate.trie import Kind
+from blockgate.trie import FLIP, Kind
 
 OPTIONS: Final[Mapping[str, tuple[str, ...]]] = {"scope": ("exact", "subtree")}
 
-_FLIP: Final = bytes([1, 0]) + bytes(254)  # translate table: 0 <-> 1
 _SUBTREE: Final = make_flags(Kind.SUBTREE)
 
 
@@ -44,7 +43,7 @@ def parse(inputs: Sequence[Input], options: Mapping[str, str] | None = None) -> 
             numbers = range(first, first + len(lines))
             starred = bytes(map(bytes.startswith, lines, repeat(b"*")))  # 1 per "*" line
             if odd or starred.count(1):
-                _take(out, lines, numbers, bytes(map(and_, clean, starred.translate(_FLIP))), plain)
+                _take(out, lines, numbers, bytes(map(and_, clean, starred.translate(FLIP))), plain)
                 mask = bytes(map(and_, clean, starred))
                 _take(out, [line[2:] for line in compress(lines, mask)],
                       compress(numbers, mask), None, star)
