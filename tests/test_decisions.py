@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockgate.decisions import ALL_PER_SECOND, BURST_SECONDS, DecisionLog, rfc3339
+from blockgate.decisions import ALL_PER_SECOND, BURST_SECONDS, DecisionLog, line_fields, rfc3339
 from blockgate.lists import parse
 from blockgate.lists.base import Input
 from blockgate.trie import Rule, SourceInfo, compile_rules
@@ -211,3 +211,38 @@ def test_clock_stepping_back_grants_nothing(moves: list[float], rate: int) -> No
         forward += max(m, 0.0)
         sent += log.allow(t)
     assert sent <= rate * BURST_SECONDS + rate * forward + 1e-6
+
+
+def reference_line(now: float, client: str, channel: str, name: bytes, action: str, rule: Rule,
+                   suppressed: int) -> str:
+    """The line as the fields say it, with ``json.dumps``: what the built line must equal."""
+    fields = line_fields(now, client, channel, name, action, rule)
+    if suppressed:
+        fields["suppressed"] = suppressed
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+RULES = {n: (registry_rule if n == b"standaards.com" else domains_rule)(n)
+         for n in (b"standaards.com", b"example.test", b"www.bad.test")}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(
+    st.one_of(st.floats(min_value=0, max_value=4e9, allow_nan=False),
+              # next to a second's or a millisecond's edge, where rounding carries
+              st.integers(0, 4_000_000).map(lambda s: s * 1000 + 999.9995).map(lambda ms: ms / 1000),
+              st.integers(0, 4_000_000_000).map(lambda s: s - 5e-7)),
+    st.sampled_from(["192.0.2.7", "2001:db8::7", 'we"ird\\\n']),
+    st.sampled_from(["dns", "tls", "quic"]),
+    st.binary(max_size=20) | st.sampled_from([b"standaards.com", b"x\xff\"\\.test"]),
+    st.sampled_from(["nxdomain", "reset", "sinkhole"]),
+    st.sampled_from(sorted(RULES)),
+    st.integers(0, 3)), min_size=1, max_size=12))
+def test_line_equals_json_of_its_fields(blocks: list[tuple[float, str, str, bytes, str, bytes, int]]) -> None:
+    log = DecisionLog("all", 0)
+    for now, client, channel, name, action, rule_name, suppressed in blocks:
+        rule = RULES[rule_name]
+        log.tokens = log.capacity  # every block gets its line; suppressed set by hand
+        log.suppressed = suppressed
+        got = log.record(now, client, channel, name, action, rule)
+        assert got == reference_line(now, client, channel, name, action, rule, suppressed)
