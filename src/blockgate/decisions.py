@@ -20,7 +20,6 @@ counted, and the next line written says how many (``"suppressed": n``).
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any, Final
@@ -113,7 +112,7 @@ class DecisionLog:
             us += 1_000_000
         if whole != self._second:
             self._second = whole
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            self._stamp = datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
         cls, side = rule.rule_class, rule.side
         cache_key = (rule.key, id(side), rule.ref)  # the ref: a patch may move a rule
         got = self._tails.get(cache_key)
