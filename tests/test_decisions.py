@@ -8,14 +8,15 @@ import io
 import json
 import time
 import xml.etree.ElementTree as ET
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockgate.decisions import ALL_PER_SECOND, BURST_SECONDS, DecisionLog, line_fields, rfc3339
+from blockgate.decisions import ALL_PER_SECOND, BURST_SECONDS, DecisionLog
 from blockgate.lists import parse
 from blockgate.lists.base import Input
 from blockgate.trie import Rule, SourceInfo, compile_rules
@@ -102,6 +103,14 @@ RFC3339 = [
     ("truncated-ms", 1_000_000_000.9994, "2001-09-09T01:46:40.999Z"),
     ("2038", 2_147_483_648.0, "2038-01-19T03:14:08.000Z"),
 ]
+
+
+def rfc3339(now: float) -> str:
+    """The time of a line written at ``now``."""
+    line = DecisionLog("all", 0).record(now, CLIENT, "dns", b"example.test", "nxdomain",
+                                        domains_rule(b"example.test"))
+    assert line is not None
+    return str(json.loads(line)["time"])
 
 
 @pytest.mark.parametrize(("now", "want"), [r[1:] for r in RFC3339], ids=[r[0] for r in RFC3339])
@@ -211,6 +220,27 @@ def test_clock_stepping_back_grants_nothing(moves: list[float], rate: int) -> No
         forward += max(m, 0.0)
         sent += log.allow(t)
     assert sent <= rate * BURST_SECONDS + rate * forward + 1e-6
+
+
+def line_fields(now: float, client: str, channel: str, name: bytes, action: str,
+                rule: Rule) -> dict[str, Any]:
+    """The fields of a line, as the module docstring shows them: the time as datetime writes
+    it, the origin, record and decision only when the list has them."""
+    fields: dict[str, Any] = {
+        "time": datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "client": client, "channel": channel,
+        "name": name.decode("ascii", "backslashreplace"), "action": action,
+        "source": rule.source, "category": rule.category, "rule": rule.pattern,
+    }
+    origin = rule.located()
+    fields["origin"] = origin.where if origin is not None else None
+    if origin is not None and origin.record_id is not None:
+        fields["record_id"] = origin.record_id
+    decision = origin.decision if origin is not None else None
+    if decision is not None:
+        fields["decision"] = {"number": decision.number, "date": decision.date,
+                              "authority": decision.authority}
+    return fields
 
 
 def reference_line(now: float, client: str, channel: str, name: bytes, action: str, rule: Rule,
