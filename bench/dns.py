@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +90,12 @@ def best(values: list[float], high: bool = True) -> float | None:
     return max(vals) if high else min(vals)
 
 
+def middle(values: list[float], high: bool = True) -> float | None:
+    """The median of the rounds: what a typical round gives, where ``best`` is the luckiest."""
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
@@ -129,6 +136,7 @@ def report(results: Path) -> int:
     starts = read_jsonl(results / "startup.jsonl")
     runs = read_jsonl(results / "runs.jsonl")
     table: dict[str, dict[str, list[Any]]] = {}
+    p99s: dict[str, dict[Any, float | None]] = {}  # target -> round -> p99 at the fixed rate
     for s in starts:
         t = table.setdefault(s["target"], {})
         for k in ("ready_s", "rss_mib", "pss_mib"):
@@ -140,6 +148,7 @@ def report(results: Path) -> int:
         t.setdefault(key + "_us", []).append(r.get("server_cpu_us_per_q"))
         if r.get("rate"):
             t.setdefault("p99_ms", []).append(r.get("p99_ms"))
+            p99s.setdefault(r["target"], {})[r.get("round")] = r.get("p99_ms")
     print(f"\nresults: {results}")
     cols = ["ready_s", "rss_mib", "pss_mib", "blocked_qps", "blocked_us", "mix_qps", "mix_us", "p99_ms"]
     print(f"{'target':21} " + " ".join(f"{c:>18}" for c in cols))
@@ -156,15 +165,26 @@ def report(results: Path) -> int:
         ("memory (PSS)", "pss_mib", False, "<=", 1 / 3),
         ("time to ready", "ready_s", False, "<=", 1 / 2),
     ]
-    print("\nblockgate / dnsdist (best round of each):")
-    for name, key, high, op, target in checks:
-        x, y = best(bg.get(key, []), high), best(dd.get(key, []), high)
-        if x is None or not y:
-            print(f"  {name:16} n/a")
-            continue
-        ratio = x / y
-        ok = ratio >= target if op == ">=" else ratio <= target
-        print(f"  {name:16} {ratio:6.2f}  (target {op} {target:.2f})  {'met' if ok else 'NOT met'}")
+    for title, pick in (("best round of each", best), ("median of the rounds", middle)):
+        print(f"\nblockgate / dnsdist ({title}):")
+        for name, key, high, op, target in checks:
+            x, y = pick(bg.get(key, []), high), pick(dd.get(key, []), high)
+            if x is None or not y:
+                print(f"  {name:16} n/a")
+                continue
+            ratio = x / y
+            ok = ratio >= target if op == ">=" else ratio <= target
+            print(f"  {name:16} {ratio:6.2f}  (target {op} {target:.2f})  {'met' if ok else 'NOT met'}")
+    # The rounds run the targets one after the other (anchors.py), so round k of each met
+    # the machine in much the same state: the latency compared round by round.
+    bgr, ddr = p99s.get("blockgate", {}), p99s.get("dnsdist-1M", {})
+    pairs = [(bgr[k], ddr[k]) for k in sorted(bgr, key=str)
+             if bgr[k] is not None and ddr.get(k) is not None]
+    if pairs:
+        lower = sum(1 for x, y in pairs if x <= y)
+        print("\np99 at 5k QPS, round by round (blockgate / dnsdist ms): "
+              + ", ".join(f"{x:.3f}/{y:.3f}" for x, y in pairs)
+              + f"; blockgate's the lower or equal in {lower} of {len(pairs)}")
     pure = table.get("blockgate-interpreted")
     if pure:
         print("\nblockgate compiled / interpreted sources (best round of each):")
