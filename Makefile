@@ -51,7 +51,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info src/*.so src/blockgate/*.so src/blockgate/*/*.so .mypy_cache .pytest_cache .ruff_cache
 
 bench-dns: $(STAMP)
-	$(PY) bench/dns.py --rounds 2 --seconds 20
+	$(PY) bench/dns.py --rounds 5 --seconds 15
 
 bench-quic: $(STAMP)
 	$(PY) bench/quic.py

@@ -13,9 +13,12 @@ latency percentiles. The targets:
 * ``blockgate``: ``blockgate run`` on the same list (``blocklist.txt``, format domains),
   one worker, with everything on: CNAME inspection, client ACLs, EDE, TCP listener.
 
-Prints each run and the blockgate/dnsdist ratios against the targets.
+Prints each run and the blockgate/dnsdist ratios against the targets, twice: for the best
+round of each and for the median of the rounds; then the p99 at 5,000 QPS round by round.
+The p99 of either target moves by up to 2x from round to round on this machine, so the best
+of a few rounds compares the two luckiest; the median of five or more is the steadier figure.
 
-    make bench-dns          # = .venv/bin/python bench/dns.py --rounds 2 --seconds 20
+    make bench-dns          # = .venv/bin/python bench/dns.py --rounds 5 --seconds 15
 """
 
 from __future__ import annotations
