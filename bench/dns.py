@@ -19,6 +19,9 @@ The p99 of either target moves by up to 2x from round to round on this machine, 
 of a few rounds compares the two luckiest; the median of five or more is the steadier figure.
 
     make bench-dns          # = .venv/bin/python bench/dns.py --rounds 5 --seconds 15
+
+``--report DIR...`` runs nothing: it prints the same tables for the rounds of earlier runs
+together (their ``results-dns-*`` directories), so several runs' medians are one figure.
 """
 
 from __future__ import annotations
@@ -107,7 +110,15 @@ def main() -> int:
     ap.add_argument("--python", default=sys.executable, help="interpreter with blockgate installed")
     ap.add_argument("--pure", action="store_true",
                     help="also run blockgate from its interpreted sources (no compiled modules)")
+    ap.add_argument("--report", nargs="+", type=Path, metavar="DIR",
+                    help="run nothing; report the rounds of these results directories together")
     a = ap.parse_args()
+    if a.report:
+        missing = [d for d in a.report if not (d / "runs.jsonl").exists()]
+        if missing:
+            print("no runs.jsonl in: " + ", ".join(map(str, missing)))
+            return 2
+        return report(a.report)
     ensure_kit()
     for port in (PORT, UPSTREAM_PORT):
         if not port_free(port):
@@ -132,12 +143,14 @@ def main() -> int:
            str(a.seconds), "--only", only, "--custom", custom, *extra]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=KIT)
-    return report(results)
+    return report([results])
 
 
-def report(results: Path) -> int:
-    starts = read_jsonl(results / "startup.jsonl")
-    runs = read_jsonl(results / "runs.jsonl")
+def report(dirs: list[Path]) -> int:
+    """The tables for the rounds of one or more runs; a round is named by its run and number."""
+    starts = [s for d in dirs for s in read_jsonl(d / "startup.jsonl")]
+    runs = [dict(r, round=(i, r.get("round"))) for i, d in enumerate(dirs)
+            for r in read_jsonl(d / "runs.jsonl")]
     table: dict[str, dict[str, list[Any]]] = {}
     p99s: dict[str, dict[Any, float | None]] = {}  # target -> round -> p99 at the fixed rate
     for s in starts:
@@ -152,7 +165,7 @@ def report(results: Path) -> int:
         if r.get("rate"):
             t.setdefault("p99_ms", []).append(r.get("p99_ms"))
             p99s.setdefault(r["target"], {})[r.get("round")] = r.get("p99_ms")
-    print(f"\nresults: {results}")
+    print("\nresults: " + ", ".join(map(str, dirs)))
     cols = ["ready_s", "rss_mib", "pss_mib", "blocked_qps", "blocked_us", "mix_qps", "mix_us", "p99_ms"]
     print(f"{'target':21} " + " ".join(f"{c:>18}" for c in cols))
     for target, t in table.items():
@@ -181,7 +194,7 @@ def report(results: Path) -> int:
     # The rounds run the targets one after the other (anchors.py), so round k of each met
     # the machine in much the same state: the latency compared round by round.
     bgr, ddr = p99s.get("blockgate", {}), p99s.get("dnsdist-1M", {})
-    pairs = [(bgr[k], ddr[k]) for k in sorted(bgr, key=str)
+    pairs = [(bgr[k], ddr[k]) for k in sorted(bgr, key=lambda k: (k[0], str(k[1]).rjust(8)))
              if bgr[k] is not None and ddr.get(k) is not None]
     if pairs:
         lower = sum(1 for x, y in pairs if x <= y)
