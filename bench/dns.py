@@ -149,22 +149,21 @@ def main() -> int:
 def report(dirs: list[Path]) -> int:
     """The tables for the rounds of one or more runs; a round is named by its run and number."""
     starts = [s for d in dirs for s in read_jsonl(d / "startup.jsonl")]
-    runs = [dict(r, round=(i, r.get("round"))) for i, d in enumerate(dirs)
-            for r in read_jsonl(d / "runs.jsonl")]
+    runs = [(i, r) for i, d in enumerate(dirs) for r in read_jsonl(d / "runs.jsonl")]
     table: dict[str, dict[str, list[Any]]] = {}
     p99s: dict[str, dict[Any, float | None]] = {}  # target -> round -> p99 at the fixed rate
     for s in starts:
         t = table.setdefault(s["target"], {})
         for k in ("ready_s", "rss_mib", "pss_mib"):
             t.setdefault(k, []).append(s.get(k))
-    for r in runs:
+    for i, r in runs:
         t = table.setdefault(r["target"], {})
         key = f"{r['qfile']}" + (f"@{r['rate']}" if r.get("rate") else "")
         t.setdefault(key + "_qps", []).append(r.get("qps"))
         t.setdefault(key + "_us", []).append(r.get("server_cpu_us_per_q"))
         if r.get("rate"):
             t.setdefault("p99_ms", []).append(r.get("p99_ms"))
-            p99s.setdefault(r["target"], {})[r.get("round")] = r.get("p99_ms")
+            p99s.setdefault(r["target"], {})[i, r.get("round")] = r.get("p99_ms")
     print("\nresults: " + ", ".join(map(str, dirs)))
     cols = ["ready_s", "rss_mib", "pss_mib", "blocked_qps", "blocked_us", "mix_qps", "mix_us", "p99_ms"]
     print(f"{'target':21} " + " ".join(f"{c:>18}" for c in cols))
@@ -194,8 +193,8 @@ def report(dirs: list[Path]) -> int:
     # The rounds run the targets one after the other (anchors.py), so round k of each met
     # the machine in much the same state: the latency compared round by round.
     bgr, ddr = p99s.get("blockgate", {}), p99s.get("dnsdist-1M", {})
-    pairs = [(bgr[k], ddr[k]) for k in sorted(bgr, key=lambda k: (k[0], str(k[1]).rjust(8)))
-             if bgr[k] is not None and ddr.get(k) is not None]
+    pairs = [(x, ddr[k]) for k, x in bgr.items()  # in the records' order: run, then round
+             if x is not None and ddr.get(k) is not None]
     if pairs:
         lower = sum(1 for x, y in pairs if x <= y)
         print("\np99 at 5k QPS, round by round (blockgate / dnsdist ms): "
